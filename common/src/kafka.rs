@@ -1,0 +1,106 @@
+//! Kafka names and client settings shared by every binary, and topic set-up.
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::types::RDKafkaErrorCode;
+use std::time::Duration;
+
+/// Direct messages; SLOTS partitions, key = recipient clientId, partition = slot(recipient).
+pub const DELIVER_TOPIC: &str = "rtc.deliver";
+/// Room messages; key = room; every node reads every partition.
+pub const ROOMS_TOPIC: &str = "rtc.rooms";
+/// Ring epochs (key `ring`) and other control records; compacted, one partition.
+pub const CONTROL_TOPIC: &str = "rtc.control";
+/// Partitions of `rtc.rooms`.
+pub const ROOMS_PARTITIONS: i32 = 8;
+/// The record key of ring epochs on `rtc.control`.
+pub const RING_KEY: &str = "ring";
+
+/// Settings every client shares.
+pub fn base_config(bootstrap: &str) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", bootstrap)
+        .set("socket.keepalive.enable", "true")
+        .set("topic.metadata.refresh.interval.ms", "10000")
+        .set("log_level", "4");
+    c
+}
+
+/// An idempotent producer that reports success only once every in-sync replica has the record.
+pub fn producer_config(bootstrap: &str, timeout: Duration) -> ClientConfig {
+    let mut c = base_config(bootstrap);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "1")
+        .set("message.timeout.ms", timeout.as_millis().to_string())
+        .set("queue.buffering.max.messages", "200000");
+    c
+}
+
+/// A consumer used only with manual assignment: no group membership, no commits.
+pub fn assigned_consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
+    let mut c = base_config(bootstrap);
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "10")
+        .set("fetch.error.backoff.ms", "50");
+    c
+}
+
+/// Creates the three topics when they are missing and checks that `rtc.deliver` has exactly
+/// `slots` partitions (a mismatch would send messages to the wrong owners).
+pub async fn ensure_topics(bootstrap: &str, slots: u32, timeout: Duration) -> anyhow::Result<()> {
+    let wanted = [
+        (DELIVER_TOPIC, slots as i32, vec![("retention.ms", "86400000")]),
+        (ROOMS_TOPIC, ROOMS_PARTITIONS, vec![("retention.ms", "3600000")]),
+        (CONTROL_TOPIC, 1, vec![("cleanup.policy", "compact")]),
+    ];
+    let existing = partition_counts(bootstrap, timeout).await?;
+    let missing: Vec<_> = wanted.iter().filter(|(t, _, _)| !existing.iter().any(|(n, _)| n == t)).collect();
+    if !missing.is_empty() {
+        let admin: AdminClient<DefaultClientContext> = base_config(bootstrap).create().context("creating Kafka admin client")?;
+        let topics: Vec<NewTopic> = missing
+            .iter()
+            .map(|(t, p, cfg)| cfg.iter().fold(NewTopic::new(t, *p, TopicReplication::Fixed(-1)), |nt, (k, v)| nt.set(k, v)))
+            .collect();
+        let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
+        for r in admin.create_topics(&topics, &opts).await.context("creating Kafka topics")? {
+            match r {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((t, e)) => bail!("creating topic {t}: {e}"),
+            }
+        }
+    }
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let counts = partition_counts(bootstrap, timeout).await?;
+        let deliver = counts.iter().find(|(n, _)| n == DELIVER_TOPIC).map(|(_, c)| *c);
+        let all = wanted.iter().all(|(t, _, _)| counts.iter().any(|(n, c)| n == t && *c > 0));
+        match deliver {
+            Some(c) if all && c == slots as usize => return Ok(()),
+            Some(c) if c > 0 && c != slots as usize => {
+                bail!("topic {DELIVER_TOPIC} has {c} partitions but SLOTS is {slots}: they must be equal")
+            }
+            _ if tokio::time::Instant::now() >= deadline => bail!("Kafka topics did not appear within {timeout:?}"),
+            _ => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Topic → partition count, from cluster metadata.
+pub async fn partition_counts(bootstrap: &str, timeout: Duration) -> anyhow::Result<Vec<(String, usize)>> {
+    let bootstrap = bootstrap.to_string();
+    tokio::task::spawn_blocking(move || {
+        let c: BaseConsumer = base_config(&bootstrap).create().context("creating Kafka metadata client")?;
+        let md = c.fetch_metadata(None, timeout).context("fetching Kafka metadata")?;
+        Ok(md.topics().iter().map(|t| (t.name().to_string(), t.partitions().len())).collect())
+    })
+    .await
+    .context("metadata task")?
+}
