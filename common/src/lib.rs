@@ -1,6 +1,7 @@
 //! Shared pieces of Reactive RTC. Pure logic (`slot`, `ring`, `ticket`, `protocol`) does no I/O;
 //! `kafka`, `store` and `http` hold the I/O helpers more than one binary needs.
 
+pub mod config;
 pub mod http;
 pub mod kafka;
 pub mod protocol;

@@ -1,1 +1,12 @@
-fn main() {}
+//! rtc-socket entry point: parse config, init telemetry, build, run until SIGTERM/SIGINT.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg = rtc_socket::config::Config::parse();
+    rtc_common::telemetry::init("socket");
+    let socket = rtc_socket::build(cfg).await?;
+    let cancel = rtc_common::telemetry::shutdown_on_signal();
+    socket.run(cancel).await
+}

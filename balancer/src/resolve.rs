@@ -1,0 +1,41 @@
+//! `GET /api/v1/resolve?clientId=…`: the client's slot → its owner in the current ring, with a
+//! token the owner will accept.
+
+use crate::Balancer;
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use rtc_common::protocol::{connect_path, validate_id, ErrorCode, IdError, Resolved};
+use rtc_common::{http::refusal, slot::slot_of, ticket};
+use std::sync::Arc;
+
+pub async fn resolve(State(bal): State<Arc<Balancer>>, RawQuery(q): RawQuery) -> Response {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.as_deref().unwrap_or("")).unwrap_or_default();
+    let Some(client_id) = pairs.into_iter().find(|(k, _)| k == "clientId").map(|(_, v)| v) else {
+        return bad(&bal, "clientId is required");
+    };
+    if let Err(e) = validate_id(&client_id) {
+        return bad(
+            &bal,
+            match e {
+                IdError::Empty => "clientId is empty",
+                IdError::TooLong => "clientId is longer than 256 bytes",
+                IdError::Control => "clientId contains a control character",
+            },
+        );
+    }
+    let ring = bal.ring();
+    let slot = slot_of(&client_id, ring.slots());
+    let Some(node) = ring.owner(slot).filter(|n| bal.is_live(n)) else {
+        bal.metrics.resolves.with_label_values(&["no_nodes"]).inc();
+        return refusal(http::StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoNodes, "no live socket node owns this client's slot yet", Some(1));
+    };
+    let expires = rtc_common::telemetry::now_ms() / 1000 + bal.cfg.token_ttl_secs;
+    let token = ticket::issue(&bal.secret, &client_id, node, ring.epoch, expires);
+    bal.metrics.resolves.with_label_values(&["ok"]).inc();
+    axum::Json(Resolved { node_id: node.to_string(), url: connect_path(node), token, epoch: ring.epoch }).into_response()
+}
+
+fn bad(bal: &Balancer, msg: &str) -> Response {
+    bal.metrics.resolves.with_label_values(&["bad_request"]).inc();
+    refusal(http::StatusCode::BAD_REQUEST, ErrorCode::BadRequest, msg, None)
+}

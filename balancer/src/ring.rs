@@ -1,0 +1,148 @@
+//! The balancer's ring loop: read heartbeats, weigh nodes, compute the next ring with the sticky
+//! assignment, publish each new epoch to Kafka `rtc.control` and mirror it in Redis.
+
+use crate::weights::{self, Capacity, Weights};
+use crate::Balancer;
+use anyhow::Context;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use redis::aio::ConnectionManager;
+use rtc_common::kafka::{CONTROL_TOPIC, RING_KEY};
+use rtc_common::ring::{plan, Ring};
+use rtc_common::store::{self, Heartbeat};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Nodes that may own slots: heartbeating and not draining.
+pub fn live(heartbeats: &[Heartbeat]) -> impl Iterator<Item = &Heartbeat> {
+    heartbeats.iter().filter(|h| !h.draining)
+}
+
+/// One recompute: returns the new ring when it differs from `current`.
+pub fn next_ring(
+    current: &Ring,
+    heartbeats: &[Heartbeat],
+    weights: &mut Weights,
+    cap: Capacity,
+    hysteresis: f64,
+    max_moves: usize,
+) -> Option<(Ring, rtc_common::ring::Plan)> {
+    let targets: BTreeMap<String, u64> = live(heartbeats).map(|h| (h.node_id.clone(), weights::target(weights::load(h, cap)))).collect();
+    weights.update(&targets, 0.3, hysteresis);
+    let p = plan(&current.owners, &weights.current, max_moves);
+    if p.owners == current.owners {
+        return None;
+    }
+    Some((Ring { epoch: current.epoch + 1, owners: p.owners.clone() }, p))
+}
+
+/// Publishes `ring` on `rtc.control` and waits for Kafka to confirm it.
+pub async fn publish(producer: &FutureProducer, ring: &Ring) -> anyhow::Result<()> {
+    let json = serde_json::to_string(ring)?;
+    let rec = FutureRecord::to(CONTROL_TOPIC).partition(0).key(RING_KEY).payload(&json);
+    producer.send(rec, Duration::from_secs(5)).await.map_err(|(e, _)| e).context("publishing the ring to rtc.control")?;
+    Ok(())
+}
+
+/// Recomputes the ring every interval until `cancel`.
+pub async fn run(bal: Arc<Balancer>, mut redis: ConnectionManager, producer: FutureProducer, cancel: CancellationToken) {
+    let cfg = &bal.cfg;
+    let cap = Capacity { conns: cfg.conn_per_pod as f64, mps: cfg.mps_per_pod as f64, slo_ms: cfg.l_slo_ms as f64 };
+    let mut weights = Weights::default();
+    let mut tick = tokio::time::interval(Duration::from_millis(cfg.ring_interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let heartbeats = match store::heartbeats(&mut redis).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read heartbeats; keeping the current ring");
+                continue;
+            }
+        };
+        bal.set_nodes(&heartbeats);
+        let current = bal.ring();
+        let Some((ring, p)) = next_ring(&current, &heartbeats, &mut weights, cap, cfg.weight_hysteresis, cfg.max_moves_per_interval) else {
+            continue;
+        };
+        if let Err(e) = publish(&producer, &ring).await {
+            // Not applied locally either: resolve must never hand out an epoch nodes cannot see.
+            tracing::warn!(error = %e, epoch = ring.epoch, "ring not published; will retry");
+            continue;
+        }
+        if let Err(e) = store::put_ring(&mut redis, &ring).await {
+            tracing::warn!(error = %e, "ring mirror in Redis not updated");
+        }
+        tracing::info!(
+            epoch = ring.epoch,
+            moved = p.moved,
+            forced = p.forced,
+            deferred = p.deferred,
+            nodes = weights.current.len(),
+            weights = ?weights.current,
+            "ring decision"
+        );
+        bal.metrics.moves.with_label_values(&["forced"]).inc_by(p.forced as u64);
+        bal.metrics.moves.with_label_values(&["load"]).inc_by((p.moved - p.forced) as u64);
+        bal.set_ring(ring);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hb(id: &str, conns: u64, draining: bool) -> Heartbeat {
+        Heartbeat {
+            node_id: id.into(),
+            addr: "127.0.0.1:1".into(),
+            connections: conns,
+            msgs_per_sec: 0.0,
+            p95_ms: 0.0,
+            cpu: 0.0,
+            mem_bytes: 0,
+            draining,
+            ready: !draining,
+            slots: vec![],
+            epoch: 0,
+            ts_ms: 0,
+        }
+    }
+
+    const CAP: Capacity = Capacity { conns: 100.0, mps: 100.0, slo_ms: 500.0 };
+
+    #[test]
+    fn draining_node_loses_every_slot_at_once_and_quiet_rounds_publish_nothing() {
+        let mut w = Weights::default();
+        let hbs = vec![hb("a", 0, false), hb("b", 0, false), hb("c", 0, false)];
+        let (r1, _) = next_ring(&Ring::empty(64), &hbs, &mut w, CAP, 0.25, 0).expect("first ring");
+        assert_eq!(r1.epoch, 1);
+        assert!(next_ring(&r1, &hbs, &mut w, CAP, 0.25, 0).is_none(), "nothing changed");
+        let hbs = vec![hb("a", 0, false), hb("b", 0, false), hb("c", 0, true)];
+        let (r2, p) = next_ring(&r1, &hbs, &mut w, CAP, 0.25, 0).expect("drain moves slots");
+        assert!(r2.slots_of("c").is_empty());
+        assert_eq!(p.forced, r1.slots_of("c").len());
+        assert_eq!(r2.epoch, 2);
+    }
+
+    #[test]
+    fn an_overloaded_node_sheds_slots_within_the_cap() {
+        let mut w = Weights::default();
+        let idle = vec![hb("a", 0, false), hb("b", 0, false)];
+        let (r1, _) = next_ring(&Ring::empty(64), &idle, &mut w, CAP, 0.25, 4).expect("first ring");
+        let hot = vec![hb("a", 140, false), hb("b", 0, false)];
+        let mut ring = r1.clone();
+        let mut rounds = 0;
+        while let Some((r, p)) = next_ring(&ring, &hot, &mut w, CAP, 0.25, 4) {
+            assert!(p.moved <= 4, "cap respected");
+            ring = r;
+            rounds += 1;
+            assert!(rounds < 50, "converges");
+        }
+        assert!(ring.slots_of("a").len() < r1.slots_of("a").len(), "a lost slots");
+    }
+}

@@ -1,0 +1,35 @@
+//! Settings every service shares. Each is a CLI flag and an env var with a laptop default.
+
+use crate::slot::DEFAULT_SLOTS;
+
+pub const DEFAULT_KAFKA_BOOTSTRAP: &str = "127.0.0.1:9092";
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Only for local runs: every deployment must set its own RING_SECRET.
+pub const DEFAULT_RING_SECRET: &str = "local-dev-ring-secret";
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Shared {
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "KAFKA_BOOTSTRAP", default_value = DEFAULT_KAFKA_BOOTSTRAP)]
+    pub kafka_bootstrap: String,
+    /// Redis URL for heartbeats, sessions and the ring mirror.
+    #[arg(long, env = "REDIS_URL", default_value = DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+    /// HMAC key for connection tokens; balancers and socket nodes must share it.
+    #[arg(long, env = "RING_SECRET", default_value = DEFAULT_RING_SECRET, hide_env_values = true)]
+    pub ring_secret: String,
+    /// Number of slots, equal to the partitions of `rtc.deliver`.
+    #[arg(long, env = "SLOTS", default_value_t = DEFAULT_SLOTS)]
+    pub slots: u32,
+}
+
+impl Shared {
+    /// Checks the values once at start; the message names the setting.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!((1..=4096).contains(&self.slots), "SLOTS must be 1..=4096, got {}", self.slots);
+        anyhow::ensure!(!self.ring_secret.is_empty(), "RING_SECRET must not be empty");
+        anyhow::ensure!(!self.kafka_bootstrap.is_empty(), "KAFKA_BOOTSTRAP must not be empty");
+        redis::Client::open(self.redis_url.as_str()).map_err(|e| anyhow::anyhow!("REDIS_URL is invalid: {e}"))?;
+        Ok(())
+    }
+}

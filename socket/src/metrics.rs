@@ -1,0 +1,67 @@
+//! Prometheus metrics of one socket node (names kept from the documented design), in a
+//! registry per node so several nodes can live in one test process.
+
+use prometheus::{Gauge, GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub active_connections: IntGauge,
+    /// Delivery latency quantiles over the last heartbeat window, seconds.
+    pub latency: GaugeVec,
+    /// Messages by kind: `sent` (acked by Kafka), `delivered`, `room_delivered`, `send_failed`.
+    pub messages: IntCounterVec,
+    /// Refused connections and frames by error code.
+    pub refused: IntCounterVec,
+    /// Connections closed by the server, by close code.
+    pub closed: IntCounterVec,
+    pub drain_remaining: IntGauge,
+    pub drain_time: Gauge,
+    pub owned_slots: IntGauge,
+    pub ring_epoch: IntGauge,
+    pub moves: IntCounterVec,
+}
+
+impl Metrics {
+    pub fn new(node_id: &str) -> Self {
+        let registry = Registry::new_custom(None, Some([("node".to_string(), node_id.to_string())].into())).expect("static labels are valid");
+        let m = Metrics {
+            active_connections: IntGauge::new("rtc_socket_active_connections", "Open client WebSockets").unwrap(),
+            latency: GaugeVec::new(
+                Opts::new("rtc_socket_latency", "Produce-to-deliver latency in seconds, by quantile over the last window"),
+                &["quantile"],
+            )
+            .unwrap(),
+            messages: IntCounterVec::new(Opts::new("rtc_socket_messages_total", "Messages handled, by kind"), &["kind"]).unwrap(),
+            refused: IntCounterVec::new(Opts::new("rtc_socket_refused_total", "Refused connections and frames, by code"), &["code"]).unwrap(),
+            closed: IntCounterVec::new(Opts::new("rtc_socket_closed_total", "Connections closed by the server, by close code"), &["code"]).unwrap(),
+            drain_remaining: IntGauge::new("rtc_socket_drain_remaining_connections", "Connections left to move in a drain").unwrap(),
+            drain_time: Gauge::new("rtc_socket_drain_time_seconds", "Seconds since the drain started").unwrap(),
+            owned_slots: IntGauge::new("rtc_socket_owned_slots", "Slots this node owns").unwrap(),
+            ring_epoch: IntGauge::new("rtc_socket_ring_epoch", "Newest ring epoch applied").unwrap(),
+            moves: IntCounterVec::new(Opts::new("rtc_socket_moves_total", "Move frames sent, by reason"), &["reason"]).unwrap(),
+            registry,
+        };
+        for c in [
+            Box::new(m.active_connections.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.latency.clone()),
+            Box::new(m.messages.clone()),
+            Box::new(m.refused.clone()),
+            Box::new(m.closed.clone()),
+            Box::new(m.drain_remaining.clone()),
+            Box::new(m.drain_time.clone()),
+            Box::new(m.owned_slots.clone()),
+            Box::new(m.ring_epoch.clone()),
+            Box::new(m.moves.clone()),
+        ] {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
