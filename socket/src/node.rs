@@ -228,6 +228,11 @@ impl Node {
         }
     }
 
+    /// The newest offset of slot `s` this node has consumed (-1 when none).
+    pub fn last_offset(&self, s: u32) -> i64 {
+        self.slot(s).history.last_offset()
+    }
+
     /// Slots in a phase, for heartbeats and tests.
     pub fn slots_in(&self, phase: Phase) -> Vec<u32> {
         (0..self.slots).filter(|&s| self.slot(s).phase == phase).collect()

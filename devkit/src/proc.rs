@@ -1,0 +1,48 @@
+//! Child processes we own: stopped by PID on drop, never by name.
+
+use std::process::Child;
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+pub struct Owned(pub Child);
+
+impl Owned {
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: i32) {
+        // The pid is our own child's and still unreaped, so it cannot name another process.
+        let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether `program` is on PATH.
+pub fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+}
+
+/// Installs Debian packages with apt-get when `program` is missing (we run as root on the dev
+/// and CI machines; elsewhere this fails with apt's own message).
+pub fn ensure_installed(program: &str, packages: &[&str]) -> anyhow::Result<()> {
+    if on_path(program) {
+        return Ok(());
+    }
+    eprintln!("{program} not found; installing {} with apt-get", packages.join(" "));
+    let ok = std::process::Command::new("apt-get").arg("update").arg("-qq").status()?.success()
+        && std::process::Command::new("apt-get")
+            .args(["install", "-y", "-qq"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?
+            .success();
+    anyhow::ensure!(ok && on_path(program), "could not install {program}; install {} by hand", packages.join(" "));
+    Ok(())
+}
