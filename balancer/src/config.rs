@@ -4,7 +4,11 @@ use clap::Parser;
 use rtc_common::config::Shared;
 
 #[derive(Parser, Debug, Clone)]
-#[command(name = "rtc-balancer", about = "Reactive RTC balancer: resolve and the slot ring", version)]
+#[command(
+    name = "rtc-balancer",
+    about = "Reactive RTC balancer: resolve and the slot ring",
+    version
+)]
 pub struct Config {
     #[command(flatten)]
     pub shared: Shared,
@@ -20,6 +24,9 @@ pub struct Config {
     /// Messages per second one socket node is sized for.
     #[arg(long, env = "MPS_PER_POD", default_value_t = 2500)]
     pub mps_per_pod: u64,
+    /// CPU cores one socket node is sized for (its CPU limit).
+    #[arg(long, env = "CPU_PER_POD", default_value_t = 1.0)]
+    pub cpu_per_pod: f64,
     /// Delivery latency objective, milliseconds.
     #[arg(long, env = "L_SLO_MS", default_value_t = 500)]
     pub l_slo_ms: u64,
@@ -44,10 +51,23 @@ impl Config {
             !self.enable_leader_election,
             "ENABLE_LEADER_ELECTION=true needs the Kubernetes Lease support, which this build does not have yet; set it to false and run one balancer"
         );
-        anyhow::ensure!(self.conn_per_pod > 0 && self.mps_per_pod > 0 && self.l_slo_ms > 0, "CONN_PER_POD, MPS_PER_POD and L_SLO_MS must be positive");
-        anyhow::ensure!(self.ring_interval_ms >= 50, "RING_INTERVAL_MS must be at least 50");
-        anyhow::ensure!((0.0..1.0).contains(&self.weight_hysteresis), "WEIGHT_HYSTERESIS must be in [0, 1)");
-        anyhow::ensure!(self.token_ttl_secs >= 5, "TOKEN_TTL_SECS must be at least 5");
+        anyhow::ensure!(
+            self.conn_per_pod > 0 && self.mps_per_pod > 0 && self.l_slo_ms > 0,
+            "CONN_PER_POD, MPS_PER_POD and L_SLO_MS must be positive"
+        );
+        anyhow::ensure!(self.cpu_per_pod > 0.0, "CPU_PER_POD must be positive");
+        anyhow::ensure!(
+            self.ring_interval_ms >= 50,
+            "RING_INTERVAL_MS must be at least 50"
+        );
+        anyhow::ensure!(
+            (0.0..1.0).contains(&self.weight_hysteresis),
+            "WEIGHT_HYSTERESIS must be in [0, 1)"
+        );
+        anyhow::ensure!(
+            self.token_ttl_secs >= 5,
+            "TOKEN_TTL_SECS must be at least 5"
+        );
         Ok(())
     }
 

@@ -35,11 +35,24 @@ impl Metrics {
     fn new() -> Self {
         let m = Metrics {
             registry: Registry::new(),
-            ring_nodes: IntGauge::new("rtc_lb_ring_nodes", "Nodes owning slots in the current ring").unwrap(),
-            is_leader: IntGauge::new("rtc_lb_is_leader", "1 when this balancer writes the ring").unwrap(),
+            ring_nodes: IntGauge::new(
+                "rtc_lb_ring_nodes",
+                "Nodes owning slots in the current ring",
+            )
+            .unwrap(),
+            is_leader: IntGauge::new("rtc_lb_is_leader", "1 when this balancer writes the ring")
+                .unwrap(),
             epoch: IntGauge::new("rtc_lb_ring_epoch", "Current ring epoch").unwrap(),
-            resolves: IntCounterVec::new(Opts::new("rtc_lb_resolve_total", "Resolve requests by result"), &["result"]).unwrap(),
-            moves: IntCounterVec::new(Opts::new("rtc_lb_slot_moves_total", "Slots moved, by reason"), &["reason"]).unwrap(),
+            resolves: IntCounterVec::new(
+                Opts::new("rtc_lb_resolve_total", "Resolve requests by result"),
+                &["result"],
+            )
+            .unwrap(),
+            moves: IntCounterVec::new(
+                Opts::new("rtc_lb_slot_moves_total", "Slots moved, by reason"),
+                &["reason"],
+            )
+            .unwrap(),
         };
         for c in [
             Box::new(m.ring_nodes.clone()) as Box<dyn prometheus::core::Collector>,
@@ -64,7 +77,10 @@ pub struct Balancer {
 
 impl Balancer {
     pub fn ring(&self) -> Arc<Ring> {
-        self.ring.read().expect("ring lock is never poisoned").clone()
+        self.ring
+            .read()
+            .expect("ring lock is never poisoned")
+            .clone()
     }
 
     fn set_ring(&self, ring: Ring) {
@@ -74,12 +90,16 @@ impl Balancer {
     }
 
     fn set_nodes(&self, hbs: &[Heartbeat]) {
-        *self.live.write().expect("live lock is never poisoned") = ring::live(hbs).map(|h| h.node_id.clone()).collect();
+        *self.live.write().expect("live lock is never poisoned") =
+            ring::live(hbs).map(|h| h.node_id.clone()).collect();
     }
 
     /// Whether `node` heartbeats and is not draining.
     pub fn is_live(&self, node: &str) -> bool {
-        self.live.read().expect("live lock is never poisoned").contains(node)
+        self.live
+            .read()
+            .expect("live lock is never poisoned")
+            .contains(node)
     }
 }
 
@@ -91,7 +111,9 @@ pub struct Server {
 
 pub async fn build(cfg: Config) -> anyhow::Result<Server> {
     cfg.validate()?;
-    let listener = TcpListener::bind(&cfg.listen_addr).await.with_context(|| format!("binding LISTEN_ADDR {}", cfg.listen_addr))?;
+    let listener = TcpListener::bind(&cfg.listen_addr)
+        .await
+        .with_context(|| format!("binding LISTEN_ADDR {}", cfg.listen_addr))?;
     let addr = listener.local_addr()?;
     let bal = Arc::new(Balancer {
         secret: cfg.shared.ring_secret.as_bytes().to_vec(),
@@ -100,7 +122,11 @@ pub async fn build(cfg: Config) -> anyhow::Result<Server> {
         metrics: Metrics::new(),
         cfg,
     });
-    Ok(Server { bal, addr, listener })
+    Ok(Server {
+        bal,
+        addr,
+        listener,
+    })
 }
 
 fn router(bal: Arc<Balancer>) -> axum::Router {
@@ -125,7 +151,11 @@ async fn metrics(State(bal): State<Arc<Balancer>>) -> Response {
     use prometheus::Encoder;
     let mut buf = Vec::new();
     let _ = prometheus::TextEncoder::new().encode(&bal.metrics.registry.gather(), &mut buf);
-    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], buf).into_response()
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        buf,
+    )
+        .into_response()
 }
 
 async fn ring_json(State(bal): State<Arc<Balancer>>) -> Response {
@@ -136,11 +166,20 @@ impl Server {
     /// Serves until `cancel`. Shutdown: stop the ring loop first (no half-published epoch is
     /// possible: an epoch is applied locally only after Kafka confirmed it), then the listener.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let Server { bal, addr, listener } = self;
+        let Server {
+            bal,
+            addr,
+            listener,
+        } = self;
         tracing::info!(%addr, "balancer listening");
         let tracker = TaskTracker::new();
         let http_cancel = CancellationToken::new();
-        let http = tokio::spawn(rtc_common::http::serve(listener, router(bal.clone()), http_cancel.clone(), tracker.clone()));
+        let http = tokio::spawn(rtc_common::http::serve(
+            listener,
+            router(bal.clone()),
+            http_cancel.clone(),
+            tracker.clone(),
+        ));
         let (redis, producer) = loop {
             tokio::select! {
                 _ = cancel.cancelled() => {
@@ -169,9 +208,19 @@ impl Server {
 
 /// Topics, Redis and the producer; the mirrored ring if there is one, so epochs keep rising
 /// across restarts.
-async fn setup(bal: &Balancer) -> anyhow::Result<(redis::aio::ConnectionManager, rdkafka::producer::FutureProducer)> {
+async fn setup(
+    bal: &Balancer,
+) -> anyhow::Result<(
+    redis::aio::ConnectionManager,
+    rdkafka::producer::FutureProducer,
+)> {
     let cfg = &bal.cfg;
-    rtc_common::kafka::ensure_topics(&cfg.shared.kafka_bootstrap, cfg.shared.slots, Duration::from_secs(10)).await?;
+    rtc_common::kafka::ensure_topics(
+        &cfg.shared.kafka_bootstrap,
+        cfg.shared.slots,
+        Duration::from_secs(10),
+    )
+    .await?;
     let mut redis = rtc_common::store::connect(&cfg.shared.redis_url).await?;
     if let Some(ring) = rtc_common::store::get_ring(&mut redis).await? {
         if ring.slots() == cfg.shared.slots && ring.epoch > bal.ring().epoch {
@@ -179,8 +228,9 @@ async fn setup(bal: &Balancer) -> anyhow::Result<(redis::aio::ConnectionManager,
             bal.set_ring(ring);
         }
     }
-    let producer = rtc_common::kafka::producer_config(&cfg.shared.kafka_bootstrap, Duration::from_secs(5))
-        .create()
-        .context("creating the Kafka producer")?;
+    let producer =
+        rtc_common::kafka::producer_config(&cfg.shared.kafka_bootstrap, Duration::from_secs(5))
+            .create()
+            .context("creating the Kafka producer")?;
     Ok((redis, producer))
 }

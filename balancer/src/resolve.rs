@@ -9,8 +9,13 @@ use rtc_common::{http::refusal, slot::slot_of, ticket};
 use std::sync::Arc;
 
 pub async fn resolve(State(bal): State<Arc<Balancer>>, RawQuery(q): RawQuery) -> Response {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.as_deref().unwrap_or("")).unwrap_or_default();
-    let Some(client_id) = pairs.into_iter().find(|(k, _)| k == "clientId").map(|(_, v)| v) else {
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(q.as_deref().unwrap_or("")).unwrap_or_default();
+    let Some(client_id) = pairs
+        .into_iter()
+        .find(|(k, _)| k == "clientId")
+        .map(|(_, v)| v)
+    else {
         return bad(&bal, "clientId is required");
     };
     if let Err(e) = validate_id(&client_id) {
@@ -27,15 +32,34 @@ pub async fn resolve(State(bal): State<Arc<Balancer>>, RawQuery(q): RawQuery) ->
     let slot = slot_of(&client_id, ring.slots());
     let Some(node) = ring.owner(slot).filter(|n| bal.is_live(n)) else {
         bal.metrics.resolves.with_label_values(&["no_nodes"]).inc();
-        return refusal(http::StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NoNodes, "no live socket node owns this client's slot yet", Some(1));
+        return refusal(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::NoNodes,
+            "no live socket node owns this client's slot yet",
+            Some(1),
+        );
     };
     let expires = rtc_common::telemetry::now_ms() / 1000 + bal.cfg.token_ttl_secs;
     let token = ticket::issue(&bal.secret, &client_id, node, ring.epoch, expires);
     bal.metrics.resolves.with_label_values(&["ok"]).inc();
-    axum::Json(Resolved { node_id: node.to_string(), url: connect_path(node), token, epoch: ring.epoch }).into_response()
+    axum::Json(Resolved {
+        node_id: node.to_string(),
+        url: connect_path(node),
+        token,
+        epoch: ring.epoch,
+    })
+    .into_response()
 }
 
 fn bad(bal: &Balancer, msg: &str) -> Response {
-    bal.metrics.resolves.with_label_values(&["bad_request"]).inc();
-    refusal(http::StatusCode::BAD_REQUEST, ErrorCode::BadRequest, msg, None)
+    bal.metrics
+        .resolves
+        .with_label_values(&["bad_request"])
+        .inc();
+    refusal(
+        http::StatusCode::BAD_REQUEST,
+        ErrorCode::BadRequest,
+        msg,
+        None,
+    )
 }

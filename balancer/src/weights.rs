@@ -15,22 +15,37 @@ pub struct Capacity {
     pub conns: f64,
     pub mps: f64,
     pub slo_ms: f64,
+    pub cpu: f64,
 }
 
 /// The load of a node as the worst of its ratios to capacity (1.0 = at capacity).
 pub fn load(hb: &Heartbeat, cap: Capacity) -> f64 {
-    let ratios = [hb.connections as f64 / cap.conns, hb.msgs_per_sec / cap.mps, hb.p95_ms / cap.slo_ms, hb.cpu];
-    ratios.into_iter().filter(|r| r.is_finite()).fold(0.0, f64::max)
+    let ratios = [
+        hb.connections as f64 / cap.conns,
+        hb.msgs_per_sec / cap.mps,
+        hb.p95_ms / cap.slo_ms,
+        hb.cpu / cap.cpu,
+    ];
+    ratios
+        .into_iter()
+        .filter(|r| r.is_finite())
+        .fold(0.0, f64::max)
 }
 
 /// Target weight for a load: full headroom below half of capacity, then falling linearly to MIN.
 pub fn target(load: f64) -> u64 {
-    let headroom = if load <= 0.5 { 1.0 } else { (1.5 - load).clamp(0.0, 1.0) };
+    let headroom = if load <= 0.5 {
+        1.0
+    } else {
+        (1.5 - load).clamp(0.0, 1.0)
+    };
     ((headroom * FULL as f64).round() as u64).clamp(MIN, FULL)
 }
 
-/// Weights in use, updated from new targets with hysteresis: a node's weight changes only when
-/// the smoothed target differs from it by more than `hysteresis` (relative).
+/// Weights in use, updated from new targets with hysteresis on each node's *share*: the ring
+/// follows only when some node's smoothed share of the total differs from its share in use by
+/// more than `hysteresis` (relative), or the set of nodes changed. Nodes whose load rises
+/// together keep their shares, so nothing moves.
 #[derive(Debug, Default, Clone)]
 pub struct Weights {
     smoothed: BTreeMap<String, f64>,
@@ -40,19 +55,31 @@ pub struct Weights {
 impl Weights {
     /// Folds in one round of targets for the live nodes; returns whether `current` changed.
     pub fn update(&mut self, targets: &BTreeMap<String, u64>, alpha: f64, hysteresis: f64) -> bool {
-        let before = self.current.clone();
         self.smoothed.retain(|n, _| targets.contains_key(n));
-        self.current.retain(|n, _| targets.contains_key(n));
         for (n, &t) in targets {
             let s = self.smoothed.entry(n.clone()).or_insert(t as f64);
             *s += alpha * (t as f64 - *s);
-            let cur = self.current.entry(n.clone()).or_insert(t);
-            let rel = (*s - *cur as f64).abs() / (*cur as f64);
-            if rel > hysteresis {
-                *cur = (s.round() as u64).clamp(MIN, FULL);
+        }
+        let proposed: BTreeMap<String, u64> = self
+            .smoothed
+            .iter()
+            .map(|(n, &s)| (n.clone(), (s.round() as u64).clamp(MIN, FULL)))
+            .collect();
+        let same_nodes = proposed.len() == self.current.len()
+            && proposed.keys().all(|n| self.current.contains_key(n));
+        if same_nodes {
+            let total = |m: &BTreeMap<String, u64>| m.values().sum::<u64>().max(1) as f64;
+            let (tp, tc) = (total(&proposed), total(&self.current));
+            let drift = proposed.iter().map(|(n, &w)| {
+                let (sp, sc) = (w as f64 / tp, self.current[n] as f64 / tc);
+                (sp - sc).abs() / sc
+            });
+            if drift.fold(0.0, f64::max) <= hysteresis {
+                return false;
             }
         }
-        before != self.current
+        self.current = proposed;
+        true
     }
 }
 
@@ -77,7 +104,12 @@ mod tests {
         }
     }
 
-    const CAP: Capacity = Capacity { conns: 1000.0, mps: 100.0, slo_ms: 500.0 };
+    const CAP: Capacity = Capacity {
+        conns: 1000.0,
+        mps: 100.0,
+        slo_ms: 500.0,
+        cpu: 1.0,
+    };
 
     #[test]
     fn load_is_the_worst_ratio() {
@@ -98,14 +130,33 @@ mod tests {
         let t = |v: u64| BTreeMap::from([("a".to_string(), v), ("b".to_string(), FULL)]);
         assert!(w.update(&t(FULL), 0.5, 0.25), "first sight sets weights");
         for v in [950, 1000, 900, 980] {
-            assert!(!w.update(&t(v), 0.5, 0.25), "noise of {v} does not move the ring");
+            assert!(
+                !w.update(&t(v), 0.5, 0.25),
+                "noise of {v} does not move the ring"
+            );
         }
         let mut changed = false;
         for _ in 0..5 {
             changed |= w.update(&t(300), 0.5, 0.25);
         }
-        assert!(changed && w.current["a"] < 700, "a sustained load lowers the weight: {:?}", w.current);
-        assert!(w.update(&BTreeMap::from([("b".to_string(), FULL)]), 0.5, 0.25), "a node leaving is a change");
+        let both = |v: u64| BTreeMap::from([("a".to_string(), v), ("b".to_string(), v)]);
+        let mut together = Weights::default();
+        together.update(&both(FULL), 0.5, 0.25);
+        for _ in 0..10 {
+            assert!(
+                !together.update(&both(200), 0.5, 0.25),
+                "equal load everywhere keeps equal shares"
+            );
+        }
+        assert!(
+            changed && w.current["a"] < 700,
+            "a sustained load lowers the weight: {:?}",
+            w.current
+        );
+        assert!(
+            w.update(&BTreeMap::from([("b".to_string(), FULL)]), 0.5, 0.25),
+            "a node leaving is a change"
+        );
         assert_eq!(w.current.len(), 1);
     }
 }

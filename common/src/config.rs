@@ -26,10 +26,21 @@ pub struct Shared {
 impl Shared {
     /// Checks the values once at start; the message names the setting.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!((1..=4096).contains(&self.slots), "SLOTS must be 1..=4096, got {}", self.slots);
-        anyhow::ensure!(!self.ring_secret.is_empty(), "RING_SECRET must not be empty");
-        anyhow::ensure!(!self.kafka_bootstrap.is_empty(), "KAFKA_BOOTSTRAP must not be empty");
-        redis::Client::open(self.redis_url.as_str()).map_err(|e| anyhow::anyhow!("REDIS_URL is invalid: {e}"))?;
+        anyhow::ensure!(
+            (1..=4096).contains(&self.slots),
+            "SLOTS must be 1..=4096, got {}",
+            self.slots
+        );
+        anyhow::ensure!(
+            !self.ring_secret.is_empty(),
+            "RING_SECRET must not be empty"
+        );
+        anyhow::ensure!(
+            !self.kafka_bootstrap.is_empty(),
+            "KAFKA_BOOTSTRAP must not be empty"
+        );
+        redis::Client::open(self.redis_url.as_str())
+            .map_err(|e| anyhow::anyhow!("REDIS_URL is invalid: {e}"))?;
         Ok(())
     }
 }

@@ -10,7 +10,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 /// Serves `app` on `listener` until `cancel`; every connection task is tracked by `tracker`.
-pub async fn serve(listener: TcpListener, app: axum::Router, cancel: CancellationToken, tracker: TaskTracker) {
+pub async fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    cancel: CancellationToken,
+    tracker: TaskTracker,
+) {
     loop {
         let (stream, _) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -50,7 +55,10 @@ pub async fn serve(listener: TcpListener, app: axum::Router, cancel: Cancellatio
 pub fn json_response(status: http::StatusCode, body: String) -> axum::response::Response {
     let mut r = axum::response::Response::new(axum::body::Body::from(body));
     *r.status_mut() = status;
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -61,9 +69,13 @@ pub fn refusal(
     message: &str,
     retry_after: Option<u32>,
 ) -> axum::response::Response {
-    let mut r = json_response(status, crate::protocol::HttpError::new(code, message).to_json());
+    let mut r = json_response(
+        status,
+        crate::protocol::HttpError::new(code, message).to_json(),
+    );
     if let Some(s) = retry_after {
-        r.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from(s));
+        r.headers_mut()
+            .insert(http::header::RETRY_AFTER, http::HeaderValue::from(s));
     }
     r
 }
@@ -75,6 +87,9 @@ pub fn metrics_response() -> axum::response::Response {
     let enc = prometheus::TextEncoder::new();
     let _ = enc.encode(&prometheus::gather(), &mut buf);
     let mut r = axum::response::Response::new(axum::body::Body::from(buf));
-    r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
     r
 }

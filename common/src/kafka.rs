@@ -57,20 +57,44 @@ pub fn assigned_consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
 /// `slots` partitions (a mismatch would send messages to the wrong owners).
 pub async fn ensure_topics(bootstrap: &str, slots: u32, timeout: Duration) -> anyhow::Result<()> {
     let wanted = [
-        (DELIVER_TOPIC, slots as i32, vec![("retention.ms", "86400000")]),
-        (ROOMS_TOPIC, ROOMS_PARTITIONS, vec![("retention.ms", "3600000")]),
+        (
+            DELIVER_TOPIC,
+            slots as i32,
+            vec![("retention.ms", "86400000")],
+        ),
+        (
+            ROOMS_TOPIC,
+            ROOMS_PARTITIONS,
+            vec![("retention.ms", "3600000")],
+        ),
         (CONTROL_TOPIC, 1, vec![("cleanup.policy", "compact")]),
     ];
     let existing = partition_counts(bootstrap, timeout).await?;
-    let missing: Vec<_> = wanted.iter().filter(|(t, _, _)| !existing.iter().any(|(n, _)| n == t)).collect();
+    let missing: Vec<_> = wanted
+        .iter()
+        .filter(|(t, _, _)| !existing.iter().any(|(n, _)| n == t))
+        .collect();
     if !missing.is_empty() {
-        let admin: AdminClient<DefaultClientContext> = base_config(bootstrap).create().context("creating Kafka admin client")?;
+        let admin: AdminClient<DefaultClientContext> = base_config(bootstrap)
+            .create()
+            .context("creating Kafka admin client")?;
         let topics: Vec<NewTopic> = missing
             .iter()
-            .map(|(t, p, cfg)| cfg.iter().fold(NewTopic::new(t, *p, TopicReplication::Fixed(-1)), |nt, (k, v)| nt.set(k, v)))
+            .map(|(t, p, cfg)| {
+                cfg.iter().fold(
+                    NewTopic::new(t, *p, TopicReplication::Fixed(-1)),
+                    |nt, (k, v)| nt.set(k, v),
+                )
+            })
             .collect();
-        let opts = AdminOptions::new().operation_timeout(Some(timeout)).request_timeout(Some(timeout));
-        for r in admin.create_topics(&topics, &opts).await.context("creating Kafka topics")? {
+        let opts = AdminOptions::new()
+            .operation_timeout(Some(timeout))
+            .request_timeout(Some(timeout));
+        for r in admin
+            .create_topics(&topics, &opts)
+            .await
+            .context("creating Kafka topics")?
+        {
             match r {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
                 Err((t, e)) => bail!("creating topic {t}: {e}"),
@@ -80,26 +104,44 @@ pub async fn ensure_topics(bootstrap: &str, slots: u32, timeout: Duration) -> an
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let counts = partition_counts(bootstrap, timeout).await?;
-        let deliver = counts.iter().find(|(n, _)| n == DELIVER_TOPIC).map(|(_, c)| *c);
-        let all = wanted.iter().all(|(t, _, _)| counts.iter().any(|(n, c)| n == t && *c > 0));
+        let deliver = counts
+            .iter()
+            .find(|(n, _)| n == DELIVER_TOPIC)
+            .map(|(_, c)| *c);
+        let all = wanted
+            .iter()
+            .all(|(t, _, _)| counts.iter().any(|(n, c)| n == t && *c > 0));
         match deliver {
             Some(c) if all && c == slots as usize => return Ok(()),
             Some(c) if c > 0 && c != slots as usize => {
                 bail!("topic {DELIVER_TOPIC} has {c} partitions but SLOTS is {slots}: they must be equal")
             }
-            _ if tokio::time::Instant::now() >= deadline => bail!("Kafka topics did not appear within {timeout:?}"),
+            _ if tokio::time::Instant::now() >= deadline => {
+                bail!("Kafka topics did not appear within {timeout:?}")
+            }
             _ => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
 }
 
 /// Topic → partition count, from cluster metadata.
-pub async fn partition_counts(bootstrap: &str, timeout: Duration) -> anyhow::Result<Vec<(String, usize)>> {
+pub async fn partition_counts(
+    bootstrap: &str,
+    timeout: Duration,
+) -> anyhow::Result<Vec<(String, usize)>> {
     let bootstrap = bootstrap.to_string();
     tokio::task::spawn_blocking(move || {
-        let c: BaseConsumer = base_config(&bootstrap).create().context("creating Kafka metadata client")?;
-        let md = c.fetch_metadata(None, timeout).context("fetching Kafka metadata")?;
-        Ok(md.topics().iter().map(|t| (t.name().to_string(), t.partitions().len())).collect())
+        let c: BaseConsumer = base_config(&bootstrap)
+            .create()
+            .context("creating Kafka metadata client")?;
+        let md = c
+            .fetch_metadata(None, timeout)
+            .context("fetching Kafka metadata")?;
+        Ok(md
+            .topics()
+            .iter()
+            .map(|t| (t.name().to_string(), t.partitions().len()))
+            .collect())
     })
     .await
     .context("metadata task")?

@@ -54,11 +54,27 @@ pub fn validate_id(id: &str) -> Result<(), IdError> {
 /// A frame from a client, validated.
 #[derive(Debug, Clone)]
 pub enum ClientFrame<'a> {
-    Send { id: &'a str, to: &'a str, data: &'a RawValue },
-    Publish { id: &'a str, room: &'a str, data: &'a RawValue },
-    Join { id: Option<&'a str>, room: &'a str },
-    Leave { id: Option<&'a str>, room: &'a str },
-    Ping { id: Option<&'a str> },
+    Send {
+        id: &'a str,
+        to: &'a str,
+        data: &'a RawValue,
+    },
+    Publish {
+        id: &'a str,
+        room: &'a str,
+        data: &'a RawValue,
+    },
+    Join {
+        id: Option<&'a str>,
+        room: &'a str,
+    },
+    Leave {
+        id: Option<&'a str>,
+        room: &'a str,
+    },
+    Ping {
+        id: Option<&'a str>,
+    },
 }
 
 /// The flat shape every client frame is read through (serde cannot put `RawValue` in a tagged
@@ -86,11 +102,14 @@ impl<'a> ClientFrame<'a> {
     /// Parses one text frame. Strings with JSON escapes in `id`, `to` or `room` are refused
     /// (identifiers travel as plain text).
     pub fn parse(text: &'a str) -> Result<Self, FrameError> {
-        let raw: RawFrame<'a> = serde_json::from_str(text).map_err(|e| FrameError(format!("invalid frame: {e}")))?;
+        let raw: RawFrame<'a> =
+            serde_json::from_str(text).map_err(|e| FrameError(format!("invalid frame: {e}")))?;
         let id = raw.id;
         if let Some(i) = id {
             if i.is_empty() || i.len() > MAX_FRAME_ID_BYTES {
-                return Err(FrameError(format!("`id` must be 1..={MAX_FRAME_ID_BYTES} bytes")));
+                return Err(FrameError(format!(
+                    "`id` must be 1..={MAX_FRAME_ID_BYTES} bytes"
+                )));
             }
         }
         let need = |v: Option<&'a str>, field: &str| -> Result<&'a str, FrameError> {
@@ -99,12 +118,29 @@ impl<'a> ClientFrame<'a> {
             Ok(v)
         };
         let need_id = || id.ok_or_else(|| FrameError(format!("`{}` needs `id`", raw.kind)));
-        let need_data = || raw.data.ok_or_else(|| FrameError(format!("`{}` needs `data`", raw.kind)));
+        let need_data = || {
+            raw.data
+                .ok_or_else(|| FrameError(format!("`{}` needs `data`", raw.kind)))
+        };
         Ok(match raw.kind {
-            "send" => ClientFrame::Send { id: need_id()?, to: need(raw.to, "to")?, data: need_data()? },
-            "publish" => ClientFrame::Publish { id: need_id()?, room: need(raw.room, "room")?, data: need_data()? },
-            "join" => ClientFrame::Join { id, room: need(raw.room, "room")? },
-            "leave" => ClientFrame::Leave { id, room: need(raw.room, "room")? },
+            "send" => ClientFrame::Send {
+                id: need_id()?,
+                to: need(raw.to, "to")?,
+                data: need_data()?,
+            },
+            "publish" => ClientFrame::Publish {
+                id: need_id()?,
+                room: need(raw.room, "room")?,
+                data: need_data()?,
+            },
+            "join" => ClientFrame::Join {
+                id,
+                room: need(raw.room, "room")?,
+            },
+            "leave" => ClientFrame::Leave {
+                id,
+                room: need(raw.room, "room")?,
+            },
             "ping" => ClientFrame::Ping { id },
             other => return Err(FrameError(format!("unknown frame type `{other}`"))),
         })
@@ -114,7 +150,9 @@ impl<'a> ClientFrame<'a> {
     pub fn id(&self) -> Option<&'a str> {
         match *self {
             ClientFrame::Send { id, .. } | ClientFrame::Publish { id, .. } => Some(id),
-            ClientFrame::Join { id, .. } | ClientFrame::Leave { id, .. } | ClientFrame::Ping { id } => id,
+            ClientFrame::Join { id, .. }
+            | ClientFrame::Leave { id, .. }
+            | ClientFrame::Ping { id } => id,
         }
     }
 }
@@ -139,6 +177,7 @@ pub enum ErrorCode {
     MessageTooBig,
     KafkaUnavailable,
     Overloaded,
+    UpstreamUnavailable,
     Internal,
 }
 
@@ -156,6 +195,7 @@ impl ErrorCode {
                 | ErrorCode::RateLimited
                 | ErrorCode::KafkaUnavailable
                 | ErrorCode::Overloaded
+                | ErrorCode::UpstreamUnavailable
         )
     }
 
@@ -177,6 +217,7 @@ impl ErrorCode {
             ErrorCode::MessageTooBig => "message_too_big",
             ErrorCode::KafkaUnavailable => "kafka_unavailable",
             ErrorCode::Overloaded => "overloaded",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -192,7 +233,11 @@ pub struct HttpError<'a> {
 
 impl<'a> HttpError<'a> {
     pub fn new(error: ErrorCode, message: &'a str) -> Self {
-        HttpError { error, message, retryable: error.retryable() }
+        HttpError {
+            error,
+            message,
+            retryable: error.retryable(),
+        }
     }
 
     pub fn to_json(&self) -> String {
@@ -259,7 +304,13 @@ impl ServerFrame<'_> {
     }
 
     pub fn error(id: Option<&str>, code: ErrorCode, message: &str) -> String {
-        ServerFrame::Error { id, code, message, retryable: code.retryable() }.to_json()
+        ServerFrame::Error {
+            id,
+            code,
+            message,
+            retryable: code.retryable(),
+        }
+        .to_json()
     }
 }
 
@@ -300,7 +351,14 @@ pub struct MsgFrame<'a> {
 impl<'a> MsgFrame<'a> {
     /// The frame delivering `env`, found at `offset` for a direct message.
     pub fn from_envelope(env: &Envelope<'a>, offset: Option<i64>) -> Self {
-        MsgFrame { kind: "msg", from: env.from, id: env.id, room: env.room, offset, data: env.data }
+        MsgFrame {
+            kind: "msg",
+            from: env.from,
+            id: env.id,
+            room: env.room,
+            offset,
+            data: env.data,
+        }
     }
 
     pub fn to_json(&self) -> String {
@@ -315,7 +373,8 @@ mod tests {
 
     #[test]
     fn parses_each_client_frame() {
-        let f = ClientFrame::parse(r#"{"type":"send","id":"1","to":"bob","data":{"t":"hi"}}"#).unwrap();
+        let f =
+            ClientFrame::parse(r#"{"type":"send","id":"1","to":"bob","data":{"t":"hi"}}"#).unwrap();
         match f {
             ClientFrame::Send { id, to, data } => {
                 assert_eq!((id, to, data.get()), ("1", "bob", r#"{"t":"hi"}"#));
@@ -328,13 +387,22 @@ mod tests {
         ));
         assert!(matches!(
             ClientFrame::parse(r#"{"type":"join","room":"r"}"#),
-            Ok(ClientFrame::Join { id: None, room: "r" })
+            Ok(ClientFrame::Join {
+                id: None,
+                room: "r"
+            })
         ));
         assert!(matches!(
             ClientFrame::parse(r#"{"type":"leave","id":"x","room":"r"}"#),
-            Ok(ClientFrame::Leave { id: Some("x"), room: "r" })
+            Ok(ClientFrame::Leave {
+                id: Some("x"),
+                room: "r"
+            })
         ));
-        assert!(matches!(ClientFrame::parse(r#"{"type":"ping"}"#), Ok(ClientFrame::Ping { id: None })));
+        assert!(matches!(
+            ClientFrame::parse(r#"{"type":"ping"}"#),
+            Ok(ClientFrame::Ping { id: None })
+        ));
     }
 
     #[test]
@@ -345,8 +413,14 @@ mod tests {
             (r#"{"type":"fly"}"#, "unknown frame type `fly`"),
             (r#"{"type":"send","id":"1","data":1}"#, "`send` needs `to`"),
             (r#"{"type":"send","to":"b","data":1}"#, "`send` needs `id`"),
-            (r#"{"type":"send","id":"1","to":"b"}"#, "`send` needs `data`"),
-            (r#"{"type":"send","id":"1","to":"","data":1}"#, "`to` is empty"),
+            (
+                r#"{"type":"send","id":"1","to":"b"}"#,
+                "`send` needs `data`",
+            ),
+            (
+                r#"{"type":"send","id":"1","to":"","data":1}"#,
+                "`to` is empty",
+            ),
             (r#"{"type":"join","room":"a\u0001"}"#, "invalid frame"),
             (r#"{"type":"ping","id":""}"#, "`id` must be"),
         ];
@@ -366,29 +440,54 @@ mod tests {
 
     #[test]
     fn server_frames_have_documented_shapes() {
-        let w = ServerFrame::Welcome { node: "n1", client_id: "a", epoch: 3, recovered: true, offset: 9 };
+        let w = ServerFrame::Welcome {
+            node: "n1",
+            client_id: "a",
+            epoch: 3,
+            recovered: true,
+            offset: 9,
+        };
         assert_eq!(
             w.to_json(),
             r#"{"type":"welcome","node":"n1","clientId":"a","epoch":3,"recovered":true,"offset":9}"#
         );
-        assert_eq!(ServerFrame::Ack { id: "1", offset: Some(5) }.to_json(), r#"{"type":"ack","id":"1","offset":5}"#);
+        assert_eq!(
+            ServerFrame::Ack {
+                id: "1",
+                offset: Some(5)
+            }
+            .to_json(),
+            r#"{"type":"ack","id":"1","offset":5}"#
+        );
         assert_eq!(
             ServerFrame::error(Some("1"), ErrorCode::KafkaUnavailable, "down"),
             r#"{"type":"error","id":"1","code":"kafka_unavailable","message":"down","retryable":true}"#
         );
         assert_eq!(
-            ServerFrame::Move { reason: "drain", delay_ms: 5 }.to_json(),
+            ServerFrame::Move {
+                reason: "drain",
+                delay_ms: 5
+            }
+            .to_json(),
             r#"{"type":"move","reason":"drain","delayMs":5}"#
         );
         let data = RawValue::from_string("[1,2]".into()).unwrap();
-        let env = Envelope { from: "a", id: "7", room: None, data: &data };
+        let env = Envelope {
+            from: "a",
+            id: "7",
+            room: None,
+            data: &data,
+        };
         let json = env.to_json();
         let back: Envelope = serde_json::from_str(&json).unwrap();
         assert_eq!(
             MsgFrame::from_envelope(&back, Some(12)).to_json(),
             r#"{"type":"msg","from":"a","id":"7","offset":12,"data":[1,2]}"#
         );
-        assert_eq!(HttpError::new(ErrorCode::NoNodes, "x").to_json(), r#"{"error":"no_nodes","message":"x","retryable":true}"#);
+        assert_eq!(
+            HttpError::new(ErrorCode::NoNodes, "x").to_json(),
+            r#"{"error":"no_nodes","message":"x","retryable":true}"#
+        );
     }
 
     proptest! {

@@ -38,7 +38,12 @@ impl Serialize for Ring {
                 }),
             })
             .collect();
-        RingWire { epoch: self.epoch, nodes, owners }.serialize(s)
+        RingWire {
+            epoch: self.epoch,
+            nodes,
+            owners,
+        }
+        .serialize(s)
     }
 }
 
@@ -50,18 +55,28 @@ impl<'de> Deserialize<'de> for Ring {
             .iter()
             .map(|&i| match i {
                 -1 => Ok(None),
-                i if i >= 0 && (i as usize) < w.nodes.len() => Ok(Some(w.nodes[i as usize].clone())),
-                i => Err(serde::de::Error::custom(format!("ring owner index {i} out of range"))),
+                i if i >= 0 && (i as usize) < w.nodes.len() => {
+                    Ok(Some(w.nodes[i as usize].clone()))
+                }
+                i => Err(serde::de::Error::custom(format!(
+                    "ring owner index {i} out of range"
+                ))),
             })
             .collect::<Result<_, _>>()?;
-        Ok(Ring { epoch: w.epoch, owners })
+        Ok(Ring {
+            epoch: w.epoch,
+            owners,
+        })
     }
 }
 
 impl Ring {
     /// A ring of `slots` slots with no owners, epoch 0.
     pub fn empty(slots: u32) -> Self {
-        Ring { epoch: 0, owners: vec![None; slots as usize] }
+        Ring {
+            epoch: 0,
+            owners: vec![None; slots as usize],
+        }
     }
 
     pub fn slots(&self) -> u32 {
@@ -74,7 +89,9 @@ impl Ring {
 
     /// Slots owned by `node`, ascending.
     pub fn slots_of(&self, node: &str) -> Vec<u32> {
-        (0..self.slots()).filter(|&s| self.owner(s) == Some(node)).collect()
+        (0..self.slots())
+            .filter(|&s| self.owner(s) == Some(node))
+            .collect()
     }
 
     /// Number of slots per owner.
@@ -106,7 +123,14 @@ pub fn quotas(slots: usize, weights: &BTreeMap<String, u64>) -> BTreeMap<String,
             let x = slots as u128 * u128::from(w);
             let floor = (x / total) as usize;
             let rem = x % total;
-            (n.clone(), Quota { floor, frac: rem > 0, rem })
+            (
+                n.clone(),
+                Quota {
+                    floor,
+                    frac: rem > 0,
+                    rem,
+                },
+            )
         })
         .collect()
 }
@@ -131,7 +155,12 @@ pub fn plan(current: &[Option<String>], weights: &BTreeMap<String, u64>, max_mov
     let q = quotas(s, weights);
     if q.is_empty() {
         let moved = current.iter().filter(|o| o.is_some()).count();
-        return Plan { owners: vec![None; s], moved, forced: moved, deferred: 0 };
+        return Plan {
+            owners: vec![None; s],
+            moved,
+            forced: moved,
+            deferred: 0,
+        };
     }
     // Current holdings of live nodes; everything else is orphaned.
     let mut held: BTreeMap<&str, Vec<usize>> = q.keys().map(|n| (n.as_str(), Vec::new())).collect();
@@ -147,7 +176,12 @@ pub fn plan(current: &[Option<String>], weights: &BTreeMap<String, u64>, max_mov
     // Donors give their highest slots, round-robin so a cap spreads the work.
     let mut excess: Vec<(&str, usize)> = held
         .iter()
-        .filter_map(|(n, v)| v.len().checked_sub(targets[n]).filter(|&e| e > 0).map(|e| (*n, e)))
+        .filter_map(|(n, v)| {
+            v.len()
+                .checked_sub(targets[n])
+                .filter(|&e| e > 0)
+                .map(|e| (*n, e))
+        })
         .collect();
     let wanted: usize = excess.iter().map(|(_, e)| e).sum();
     let budget = wanted.min(max_moves);
@@ -157,7 +191,10 @@ pub fn plan(current: &[Option<String>], weights: &BTreeMap<String, u64>, max_mov
     while given < budget {
         for (n, e) in excess.iter_mut() {
             if *e > 0 && given < budget {
-                let slot = held.get_mut(n).and_then(|v| v.pop()).expect("donor holds its excess");
+                let slot = held
+                    .get_mut(n)
+                    .and_then(|v| v.pop())
+                    .expect("donor holds its excess");
                 pool.push(slot);
                 *e -= 1;
                 given += 1;
@@ -169,7 +206,12 @@ pub fn plan(current: &[Option<String>], weights: &BTreeMap<String, u64>, max_mov
     let mut owners = current.to_vec();
     let mut deficit: Vec<(&str, usize)> = held
         .iter()
-        .filter_map(|(n, v)| targets[n].checked_sub(v.len()).filter(|&d| d > 0).map(|d| (*n, d)))
+        .filter_map(|(n, v)| {
+            targets[n]
+                .checked_sub(v.len())
+                .filter(|&d| d > 0)
+                .map(|d| (*n, d))
+        })
         .collect();
     let mut pool = pool.into_iter();
     'fill: loop {
@@ -188,7 +230,12 @@ pub fn plan(current: &[Option<String>], weights: &BTreeMap<String, u64>, max_mov
         }
     }
     debug_assert!(pool.next().is_none(), "deficits always absorb the pool");
-    Plan { owners, moved: forced + given, forced, deferred: wanted - given }
+    Plan {
+        owners,
+        moved: forced + given,
+        forced,
+        deferred: wanted - given,
+    }
 }
 
 /// Chooses each node's target count: `floor`, plus one extra for exactly the `S - Σfloor` nodes
@@ -200,14 +247,20 @@ fn targets<'a>(
     counts: &BTreeMap<&str, usize>,
 ) -> BTreeMap<&'a str, usize> {
     let extras = slots - q.values().map(|x| x.floor).sum::<usize>();
-    let mut eligible: Vec<(&str, &Quota)> =
-        q.iter().filter(|(_, x)| x.frac).map(|(n, x)| (n.as_str(), x)).collect();
+    let mut eligible: Vec<(&str, &Quota)> = q
+        .iter()
+        .filter(|(_, x)| x.frac)
+        .map(|(n, x)| (n.as_str(), x))
+        .collect();
     eligible.sort_by(|(a, qa), (b, qb)| {
         let ga = counts.get(a).copied().unwrap_or(0) > qa.floor;
         let gb = counts.get(b).copied().unwrap_or(0) > qb.floor;
         gb.cmp(&ga).then(qb.rem.cmp(&qa.rem)).then(a.cmp(b))
     });
-    debug_assert!(eligible.len() >= extras, "Σ fractional parts equals the extras");
+    debug_assert!(
+        eligible.len() >= extras,
+        "Σ fractional parts equals the extras"
+    );
     let mut t: BTreeMap<&str, usize> = q.iter().map(|(n, x)| (n.as_str(), x.floor)).collect();
     for (n, _) in eligible.into_iter().take(extras) {
         *t.get_mut(n).expect("eligible nodes have quotas") += 1;
@@ -245,7 +298,10 @@ mod tests {
             }
             let mut moves = orphans;
             for (n, x) in &q {
-                let bonus = eligible.iter().position(|e| *e == n).map_or(0, |i| (mask >> i) & 1) as usize;
+                let bonus = eligible
+                    .iter()
+                    .position(|e| *e == n)
+                    .map_or(0, |i| (mask >> i) & 1) as usize;
                 let c = counts.get(n.as_str()).copied().unwrap_or(0);
                 moves += c.saturating_sub(x.floor + bonus);
             }
@@ -256,15 +312,23 @@ mod tests {
 
     fn check_quota(plan: &Plan, weights: &BTreeMap<String, u64>) {
         let q = quotas(plan.owners.len(), weights);
-        let ring = Ring { epoch: 1, owners: plan.owners.clone() };
+        let ring = Ring {
+            epoch: 1,
+            owners: plan.owners.clone(),
+        };
         let counts = ring.counts();
         for o in &plan.owners {
-            let o = o.as_deref().expect("every slot has an owner while a node is live");
+            let o = o
+                .as_deref()
+                .expect("every slot has an owner while a node is live");
             assert!(q.contains_key(o), "owner {o} is live");
         }
         for (n, x) in &q {
             let c = counts.get(n.as_str()).copied().unwrap_or(0);
-            assert!(c == x.floor || (x.frac && c == x.floor + 1), "{n}: {c} slots, quota {x:?}");
+            assert!(
+                c == x.floor || (x.frac && c == x.floor + 1),
+                "{n}: {c} slots, quota {x:?}"
+            );
         }
     }
 
@@ -274,7 +338,8 @@ mod tests {
             let owners = proptest::collection::vec(0usize..(live + dead + 1), slots);
             (weights, owners).prop_map(move |(w, o)| {
                 let all = names(live + dead);
-                let weights: BTreeMap<String, u64> = all.iter().take(live).cloned().zip(w).collect();
+                let weights: BTreeMap<String, u64> =
+                    all.iter().take(live).cloned().zip(w).collect();
                 let owners = o.into_iter().map(|i| all.get(i).cloned()).collect();
                 (owners, weights)
             })
@@ -344,7 +409,10 @@ mod tests {
     fn equal_weights_split_evenly() {
         let w: BTreeMap<String, u64> = names(3).into_iter().map(|n| (n, 1000)).collect();
         let p = plan(&vec![None; 256], &w, usize::MAX);
-        let ring = Ring { epoch: 1, owners: p.owners };
+        let ring = Ring {
+            epoch: 1,
+            owners: p.owners,
+        };
         let mut counts: Vec<usize> = ring.counts().values().copied().collect();
         counts.sort();
         assert_eq!(counts, vec![85, 85, 86]);
@@ -356,7 +424,10 @@ mod tests {
         let before = plan(&vec![None; 256], &w, usize::MAX).owners;
         w.remove("n3");
         let after = plan(&before, &w, 0);
-        assert_eq!(after.moved, 64, "exactly n3's 64 slots move, even with a zero cap");
+        assert_eq!(
+            after.moved, 64,
+            "exactly n3's 64 slots move, even with a zero cap"
+        );
         for (a, b) in before.iter().zip(&after.owners) {
             if a.as_deref() != Some("n3") {
                 assert_eq!(a, b);
@@ -366,7 +437,10 @@ mod tests {
 
     #[test]
     fn ring_wire_roundtrip() {
-        let ring = Ring { epoch: 7, owners: vec![Some("a".into()), None, Some("b".into()), Some("a".into())] };
+        let ring = Ring {
+            epoch: 7,
+            owners: vec![Some("a".into()), None, Some("b".into()), Some("a".into())],
+        };
         let json = serde_json::to_string(&ring).unwrap();
         assert_eq!(json, r#"{"epoch":7,"nodes":["a","b"],"owners":[0,-1,1,0]}"#);
         assert_eq!(serde_json::from_str::<Ring>(&json).unwrap(), ring);

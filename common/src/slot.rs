@@ -57,11 +57,19 @@ mod tests {
             (b"foobar", -790_332_482),
             (b"a-little-bit-long-string", -985_981_536),
             (b"a-little-bit-longer-string", -1_486_304_829),
-            (b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8", -58_897_971),
+            (
+                b"lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8",
+                -58_897_971,
+            ),
             (b"abc", 479_470_107),
         ];
         for (input, want) in cases {
-            assert_eq!(murmur2(input), want, "murmur2({:?})", String::from_utf8_lossy(input));
+            assert_eq!(
+                murmur2(input),
+                want,
+                "murmur2({:?})",
+                String::from_utf8_lossy(input)
+            );
         }
     }
 
@@ -69,7 +77,15 @@ mod tests {
     /// independent implementation.
     #[test]
     fn slot_vectors() {
-        let table = [("21", 236), ("abc", 27), ("alice", 149), ("bob", 206), ("carol", 178), ("user-42", 44), ("", 217)];
+        let table = [
+            ("21", 236),
+            ("abc", 27),
+            ("alice", 149),
+            ("bob", 206),
+            ("carol", 178),
+            ("user-42", 44),
+            ("", 217),
+        ];
         for (id, want) in table {
             assert_eq!(slot_of(id, 256), want, "slot({id:?})");
         }

@@ -44,13 +44,20 @@ pub async fn connect(url: &str) -> anyhow::Result<ConnectionManager> {
         .set_connection_timeout(Some(std::time::Duration::from_secs(2)))
         .set_response_timeout(Some(std::time::Duration::from_secs(2)))
         .set_number_of_retries(1);
-    ConnectionManager::new_with_config(client, cfg).await.with_context(|| format!("connecting to Redis at {url}"))
+    ConnectionManager::new_with_config(client, cfg)
+        .await
+        .with_context(|| format!("connecting to Redis at {url}"))
 }
 
 /// Writes `hb` with a TTL so a dead node vanishes by itself.
-pub async fn put_heartbeat(r: &mut ConnectionManager, hb: &Heartbeat, ttl_secs: u64) -> redis::RedisResult<()> {
+pub async fn put_heartbeat(
+    r: &mut ConnectionManager,
+    hb: &Heartbeat,
+    ttl_secs: u64,
+) -> redis::RedisResult<()> {
     let json = serde_json::to_string(hb).expect("heartbeats always serialize");
-    r.set_ex(format!("{NODE_PREFIX}{}", hb.node_id), json, ttl_secs).await
+    r.set_ex(format!("{NODE_PREFIX}{}", hb.node_id), json, ttl_secs)
+        .await
 }
 
 /// Removes a node's heartbeat at once (clean shutdown).
@@ -63,8 +70,14 @@ pub async fn heartbeats(r: &mut ConnectionManager) -> redis::RedisResult<Vec<Hea
     let mut keys: Vec<String> = Vec::new();
     let mut cursor: u64 = 0;
     loop {
-        let (next, batch): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(format!("{NODE_PREFIX}*")).arg("COUNT").arg(500).query_async(r).await?;
+        let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{NODE_PREFIX}*"))
+            .arg("COUNT")
+            .arg(500)
+            .query_async(r)
+            .await?;
         keys.extend(batch);
         if next == 0 {
             break;
@@ -75,7 +88,11 @@ pub async fn heartbeats(r: &mut ConnectionManager) -> redis::RedisResult<Vec<Hea
         return Ok(Vec::new());
     }
     let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(r).await?;
-    let mut out: Vec<Heartbeat> = values.into_iter().flatten().filter_map(|v| serde_json::from_str(&v).ok()).collect();
+    let mut out: Vec<Heartbeat> = values
+        .into_iter()
+        .flatten()
+        .filter_map(|v| serde_json::from_str(&v).ok())
+        .collect();
     out.sort_by(|a, b| a.node_id.cmp(&b.node_id));
     Ok(out)
 }
@@ -93,12 +110,18 @@ pub async fn put_ring(r: &mut ConnectionManager, ring: &Ring) -> redis::RedisRes
           return 1"#,
     );
     let json = serde_json::to_string(ring).expect("rings always serialize");
-    let _: i32 = script.key(RING_KEY).arg(ring.epoch).arg(json).invoke_async(r).await?;
+    let _: i32 = script
+        .key(RING_KEY)
+        .arg(ring.epoch)
+        .arg(json)
+        .invoke_async(r)
+        .await?;
     Ok(())
 }
 
 /// The mirrored ring, if any.
 pub async fn get_ring(r: &mut ConnectionManager) -> anyhow::Result<Option<Ring>> {
     let v: Option<String> = r.get(RING_KEY).await?;
-    v.map(|s| serde_json::from_str(&s).context("ring mirror in Redis is not valid")).transpose()
+    v.map(|s| serde_json::from_str(&s).context("ring mirror in Redis is not valid"))
+        .transpose()
 }

@@ -52,16 +52,28 @@ fn mac(secret: &[u8], client_id: &str, node_id: &str, epoch: u64, expires_at: u6
 
 /// Issues a token for `client_id` on `node_id`.
 pub fn issue(secret: &[u8], client_id: &str, node_id: &str, epoch: u64, expires_at: u64) -> String {
-    let tag = mac(secret, client_id, node_id, epoch, expires_at).finalize().into_bytes();
+    let tag = mac(secret, client_id, node_id, epoch, expires_at)
+        .finalize()
+        .into_bytes();
     format!("v1.{epoch}.{expires_at}.{}", hex::encode(&tag[..MAC_BYTES]))
 }
 
 /// Checks `token` for `client_id` on `node_id` at unix time `now`.
-pub fn verify(secret: &[u8], token: &str, client_id: &str, node_id: &str, now: u64) -> Result<Ticket, TicketError> {
+pub fn verify(
+    secret: &[u8],
+    token: &str,
+    client_id: &str,
+    node_id: &str,
+    now: u64,
+) -> Result<Ticket, TicketError> {
     let mut parts = token.split('.');
-    let (Some("v1"), Some(epoch), Some(exp), Some(tag), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some("v1"), Some(epoch), Some(exp), Some(tag), None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return Err(TicketError::Malformed);
     };
     let epoch: u64 = epoch.parse().map_err(|_| TicketError::Malformed)?;
@@ -89,15 +101,48 @@ mod tests {
     #[test]
     fn roundtrip_and_refusals() {
         let t = issue(K, "alice", "node-1", 42, 1000);
-        assert_eq!(verify(K, &t, "alice", "node-1", 999), Ok(Ticket { epoch: 42, expires_at: 1000 }));
-        assert_eq!(verify(K, &t, "alice", "node-1", 1000), Err(TicketError::Expired));
-        assert_eq!(verify(K, &t, "bob", "node-1", 1), Err(TicketError::BadSignature));
-        assert_eq!(verify(K, &t, "alice", "node-2", 1), Err(TicketError::BadSignature));
-        assert_eq!(verify(b"other", &t, "alice", "node-1", 1), Err(TicketError::BadSignature));
+        assert_eq!(
+            verify(K, &t, "alice", "node-1", 999),
+            Ok(Ticket {
+                epoch: 42,
+                expires_at: 1000
+            })
+        );
+        assert_eq!(
+            verify(K, &t, "alice", "node-1", 1000),
+            Err(TicketError::Expired)
+        );
+        assert_eq!(
+            verify(K, &t, "bob", "node-1", 1),
+            Err(TicketError::BadSignature)
+        );
+        assert_eq!(
+            verify(K, &t, "alice", "node-2", 1),
+            Err(TicketError::BadSignature)
+        );
+        assert_eq!(
+            verify(b"other", &t, "alice", "node-1", 1),
+            Err(TicketError::BadSignature)
+        );
         let forged = t.replace("v1.42.1000", "v1.42.9999");
-        assert_eq!(verify(K, &forged, "alice", "node-1", 1), Err(TicketError::BadSignature));
-        for bad in ["", "v1", "v2.1.2.00", "v1.x.2.00", "v1.1.2.zz", "v1.1.2.00", "v1.1.2.00.00"] {
-            assert_eq!(verify(K, bad, "alice", "node-1", 1), Err(TicketError::Malformed), "{bad}");
+        assert_eq!(
+            verify(K, &forged, "alice", "node-1", 1),
+            Err(TicketError::BadSignature)
+        );
+        for bad in [
+            "",
+            "v1",
+            "v2.1.2.00",
+            "v1.x.2.00",
+            "v1.1.2.zz",
+            "v1.1.2.00",
+            "v1.1.2.00.00",
+        ] {
+            assert_eq!(
+                verify(K, bad, "alice", "node-1", 1),
+                Err(TicketError::Malformed),
+                "{bad}"
+            );
         }
     }
 

@@ -23,31 +23,55 @@ pub struct HttpReply {
 
 /// `GET http://{addr}{path_and_query}` over a fresh HTTP/1.1 connection.
 pub async fn http_get(addr: &str, path_and_query: &str) -> anyhow::Result<HttpReply> {
-    let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = http::Request::get(path_and_query).header(http::header::HOST, addr).body(Empty::<bytes::Bytes>::new())?;
+    let req = http::Request::get(path_and_query)
+        .header(http::header::HOST, addr)
+        .body(Empty::<bytes::Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
-    let retry_after = resp.headers().get(http::header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let retry_after = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let body = resp.into_body().collect().await?.to_bytes();
-    Ok(HttpReply { status, retry_after, body: String::from_utf8_lossy(&body).into_owned() })
+    Ok(HttpReply {
+        status,
+        retry_after,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 /// `POST http://{addr}{path}` with an empty body.
 pub async fn http_post(addr: &str, path: &str) -> anyhow::Result<HttpReply> {
-    let stream = TcpStream::connect(addr).await.with_context(|| format!("connecting to {addr}"))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = http::Request::post(path).header(http::header::HOST, addr).body(Empty::<bytes::Bytes>::new())?;
+    let req = http::Request::post(path)
+        .header(http::header::HOST, addr)
+        .body(Empty::<bytes::Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
     let body = resp.into_body().collect().await?.to_bytes();
-    Ok(HttpReply { status, retry_after: None, body: String::from_utf8_lossy(&body).into_owned() })
+    Ok(HttpReply {
+        status,
+        retry_after: None,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
 }
 
 fn query_escape(s: &str) -> String {
-    serde_urlencoded::to_string([("", s)]).map(|q| q[1..].to_string()).unwrap_or_default()
+    serde_urlencoded::to_string([("", s)])
+        .map(|q| q[1..].to_string())
+        .unwrap_or_default()
 }
 
 /// Where a client resolves, and how it reaches a node's WebSocket URL.
@@ -64,14 +88,26 @@ impl Endpoints {
     /// Everything through one gateway address.
     pub fn gateway(addr: &str) -> Self {
         let a = addr.to_string();
-        Endpoints { resolve: a.clone(), ws: Arc::new(move |_| Some(a.clone())) }
+        Endpoints {
+            resolve: a.clone(),
+            ws: Arc::new(move |_| Some(a.clone())),
+        }
     }
 }
 
-pub async fn resolve(ep: &Endpoints, client_id: &str) -> anyhow::Result<Result<Resolved, HttpReply>> {
-    let r = http_get(&ep.resolve, &format!("/api/v1/resolve?clientId={}", query_escape(client_id))).await?;
+pub async fn resolve(
+    ep: &Endpoints,
+    client_id: &str,
+) -> anyhow::Result<Result<Resolved, HttpReply>> {
+    let r = http_get(
+        &ep.resolve,
+        &format!("/api/v1/resolve?clientId={}", query_escape(client_id)),
+    )
+    .await?;
     if r.status == 200 {
-        Ok(Ok(serde_json::from_str(&r.body).with_context(|| format!("resolve body {:?}", r.body))?))
+        Ok(Ok(
+            serde_json::from_str(&r.body).with_context(|| format!("resolve body {:?}", r.body))?
+        ))
     } else {
         Ok(Err(r))
     }
@@ -107,13 +143,23 @@ impl std::error::Error for Refused {}
 
 impl Client {
     /// Resolves and connects once; a refusal is returned as a `Refused` error.
-    pub async fn connect_once(ep: &Endpoints, client_id: &str, resume: Option<i64>) -> anyhow::Result<Client> {
+    pub async fn connect_once(
+        ep: &Endpoints,
+        client_id: &str,
+        resume: Option<i64>,
+    ) -> anyhow::Result<Client> {
         let res = match resolve(ep, client_id).await? {
             Ok(r) => r,
             Err(reply) => return Err(Refused(reply).into()),
         };
-        let addr = (ep.ws)(&res.node_id).with_context(|| format!("no address for node {}", res.node_id))?;
-        let mut url = format!("ws://{addr}{}?clientId={}&token={}", res.url, query_escape(client_id), query_escape(&res.token));
+        let addr = (ep.ws)(&res.node_id)
+            .with_context(|| format!("no address for node {}", res.node_id))?;
+        let mut url = format!(
+            "ws://{addr}{}?clientId={}&token={}",
+            res.url,
+            query_escape(client_id),
+            query_escape(&res.token)
+        );
         if let Some(r) = resume {
             url.push_str(&format!("&resumeOffset={r}"));
         }
@@ -122,14 +168,38 @@ impl Client {
             Ok((ws, _)) => ws,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
-                let retry_after = resp.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_string);
-                let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
-                return Err(Refused(HttpReply { status, retry_after, body }).into());
+                let retry_after = resp
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_string);
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                return Err(Refused(HttpReply {
+                    status,
+                    retry_after,
+                    body,
+                })
+                .into());
             }
             Err(e) => return Err(e.into()),
         };
-        let mut c = Client { client_id: client_id.to_string(), ep: ep.clone(), ws, node: String::new(), recovered: false, offset: resume, moved: false };
-        let welcome = c.next_raw(Duration::from_secs(10)).await?.context("closed before welcome")?;
+        let mut c = Client {
+            client_id: client_id.to_string(),
+            ep: ep.clone(),
+            ws,
+            node: String::new(),
+            recovered: false,
+            offset: resume,
+            moved: false,
+        };
+        let welcome = c
+            .next_raw(Duration::from_secs(10))
+            .await?
+            .context("closed before welcome")?;
         if welcome["type"] != "welcome" {
             bail!("first frame is not welcome: {welcome}");
         }
@@ -143,13 +213,20 @@ impl Client {
 
     /// Connects, retrying refusals that say they are retryable (and 409/404, which mean the
     /// ring moved: resolve again) with backoff, until `deadline`.
-    pub async fn connect(ep: &Endpoints, client_id: &str, resume: Option<i64>, deadline: Duration) -> anyhow::Result<Client> {
+    pub async fn connect(
+        ep: &Endpoints,
+        client_id: &str,
+        resume: Option<i64>,
+        deadline: Duration,
+    ) -> anyhow::Result<Client> {
         let until = tokio::time::Instant::now() + deadline;
         let mut delay = Duration::from_millis(50);
         loop {
             match Self::connect_once(ep, client_id, resume).await {
                 Ok(c) => return Ok(c),
-                Err(e) if tokio::time::Instant::now() >= until => return Err(e.context(format!("connecting {client_id}"))),
+                Err(e) if tokio::time::Instant::now() >= until => {
+                    return Err(e.context(format!("connecting {client_id}")))
+                }
                 Err(e) => {
                     if let Some(Refused(r)) = e.downcast_ref::<Refused>() {
                         if r.status == 400 || r.status == 401 {
@@ -182,21 +259,28 @@ impl Client {
 
     /// Sends a direct message.
     pub async fn send(&mut self, id: &str, to: &str, data: Value) -> anyhow::Result<()> {
-        self.send_text(serde_json::json!({"type":"send","id":id,"to":to,"data":data}).to_string()).await
+        self.send_text(serde_json::json!({"type":"send","id":id,"to":to,"data":data}).to_string())
+            .await
     }
 
     /// The next JSON frame, or None when the server closed (the close frame is returned as
     /// `{"type":"close","code":…,"reason":…}`).
     pub async fn next_raw(&mut self, timeout: Duration) -> anyhow::Result<Option<Value>> {
         loop {
-            let m = tokio::time::timeout(timeout, self.ws.next()).await.context("timed out waiting for a frame")?;
+            let m = tokio::time::timeout(timeout, self.ws.next())
+                .await
+                .context("timed out waiting for a frame")?;
             match m {
                 None => return Ok(None),
                 Some(Err(e)) => return Err(e.into()),
                 Some(Ok(Message::Text(t))) => return Ok(Some(serde_json::from_str(&t)?)),
                 Some(Ok(Message::Close(c))) => {
-                    let (code, reason) = c.map(|c| (u16::from(c.code), c.reason.to_string())).unwrap_or((1005, String::new()));
-                    return Ok(Some(serde_json::json!({"type":"close","code":code,"reason":reason})));
+                    let (code, reason) = c
+                        .map(|c| (u16::from(c.code), c.reason.to_string()))
+                        .unwrap_or((1005, String::new()));
+                    return Ok(Some(
+                        serde_json::json!({"type":"close","code":code,"reason":reason}),
+                    ));
                 }
                 Some(Ok(_)) => continue,
             }
@@ -221,7 +305,11 @@ impl Client {
     }
 
     /// Frames until one matches `pred` (returned), within `timeout` overall.
-    pub async fn until(&mut self, timeout: Duration, mut pred: impl FnMut(&Value) -> bool) -> anyhow::Result<Value> {
+    pub async fn until(
+        &mut self,
+        timeout: Duration,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> anyhow::Result<Value> {
         let end = tokio::time::Instant::now() + timeout;
         loop {
             let left = end.saturating_duration_since(tokio::time::Instant::now());

@@ -17,8 +17,13 @@ enum Cmd {
 }
 
 enum Inner {
-    Mock { tx: mpsc::Sender<Cmd>, thread: Option<std::thread::JoinHandle<()>> },
-    Tansu { proc: Owned },
+    Mock {
+        tx: mpsc::Sender<Cmd>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
+    Tansu {
+        proc: Owned,
+    },
 }
 
 pub struct Kafka {
@@ -32,7 +37,9 @@ pub fn tansu_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("TANSU_BIN") {
         return p.into();
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
     home.join(format!(".cache/rtc/tansu-{TANSU_VERSION}/bin/tansu"))
 }
 
@@ -49,56 +56,90 @@ impl Kafka {
     pub fn mock(slots: u32) -> anyhow::Result<Self> {
         let (tx, rx) = mpsc::channel::<Cmd>();
         let (ready_tx, ready_rx) = mpsc::channel::<anyhow::Result<String>>();
-        let thread = std::thread::Builder::new().name("kafka-mock".into()).spawn(move || {
-            let setup = || -> anyhow::Result<MockCluster<'static, _>> {
-                let c = MockCluster::new(3)?;
-                c.create_topic(DELIVER_TOPIC, slots as i32, 1)?;
-                c.create_topic(ROOMS_TOPIC, ROOMS_PARTITIONS, 1)?;
-                c.create_topic(CONTROL_TOPIC, 1, 1)?;
-                Ok(c)
-            };
-            let cluster = match setup() {
-                Ok(c) => {
-                    let _ = ready_tx.send(Ok(c.bootstrap_servers()));
-                    c
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            // Serve commands until every sender is gone, then drop the cluster on this thread.
-            while let Ok(cmd) = rx.recv() {
-                match cmd {
-                    Cmd::Outage(down) => {
-                        for b in 1..=3 {
-                            let _ = if down { cluster.broker_down(b) } else { cluster.broker_up(b) };
+        let thread = std::thread::Builder::new()
+            .name("kafka-mock".into())
+            .spawn(move || {
+                let setup = || -> anyhow::Result<MockCluster<'static, _>> {
+                    let c = MockCluster::new(3)?;
+                    c.create_topic(DELIVER_TOPIC, slots as i32, 1)?;
+                    c.create_topic(ROOMS_TOPIC, ROOMS_PARTITIONS, 1)?;
+                    c.create_topic(CONTROL_TOPIC, 1, 1)?;
+                    Ok(c)
+                };
+                let cluster = match setup() {
+                    Ok(c) => {
+                        let _ = ready_tx.send(Ok(c.bootstrap_servers()));
+                        c
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                // Serve commands until every sender is gone, then drop the cluster on this thread.
+                while let Ok(cmd) = rx.recv() {
+                    match cmd {
+                        Cmd::Outage(down) => {
+                            for b in 1..=3 {
+                                let _ = if down {
+                                    cluster.broker_down(b)
+                                } else {
+                                    cluster.broker_up(b)
+                                };
+                            }
                         }
                     }
                 }
-            }
-        })?;
+            })?;
         let bootstrap = ready_rx.recv()??;
-        Ok(Kafka { bootstrap, kind: "mock", inner: Inner::Mock { tx, thread: Some(thread) } })
+        Ok(Kafka {
+            bootstrap,
+            kind: "mock",
+            inner: Inner::Mock {
+                tx,
+                thread: Some(thread),
+            },
+        })
     }
 
     /// A tansu broker with in-memory storage on a free port, with the project's topics.
     pub async fn tansu(slots: u32) -> anyhow::Result<Self> {
         let bin = tansu_bin();
-        anyhow::ensure!(bin.is_file(), "tansu not found at {} (scripts/test.sh installs it; or set TANSU_BIN)", bin.display());
+        anyhow::ensure!(
+            bin.is_file(),
+            "tansu not found at {} (scripts/test.sh installs it; or set TANSU_BIN)",
+            bin.display()
+        );
         let port = crate::free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let child = Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
         let proc = Owned(child);
-        crate::wait_for("tansu", Duration::from_secs(20), || async move { tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() }).await?;
+        crate::wait_for("tansu", Duration::from_secs(20), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await?;
         let bootstrap = format!("127.0.0.1:{port}");
         rtc_common::kafka::ensure_topics(&bootstrap, slots, Duration::from_secs(30)).await?;
-        Ok(Kafka { bootstrap, kind: "tansu", inner: Inner::Tansu { proc } })
+        Ok(Kafka {
+            bootstrap,
+            kind: "tansu",
+            inner: Inner::Tansu { proc },
+        })
     }
 
     /// Makes every broker unreachable (`true`) or brings them back.

@@ -9,11 +9,18 @@ pub mod redis;
 /// A port that was free a moment ago on 127.0.0.1 (for programs that cannot bind port 0 and
 /// report it back, like redis-server and tansu).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding 127.0.0.1:0 works")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0 works")
 }
 
 /// Polls `check` every 20 ms until it returns true or `timeout` passes.
-pub async fn wait_for<F, Fut>(what: &str, timeout: std::time::Duration, mut check: F) -> anyhow::Result<()>
+pub async fn wait_for<F, Fut>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: F,
+) -> anyhow::Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,

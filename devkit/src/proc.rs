@@ -13,7 +13,10 @@ impl Owned {
     /// Sends `sig` to the process.
     pub fn signal(&self, sig: i32) {
         // The pid is our own child's and still unreaped, so it cannot name another process.
-        let _ = std::process::Command::new("kill").arg(format!("-{sig}")).arg(self.pid().to_string()).status();
+        let _ = std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status();
     }
 }
 
@@ -26,7 +29,8 @@ impl Drop for Owned {
 
 /// Whether `program` is on PATH.
 pub fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
 }
 
 /// Installs Debian packages with apt-get when `program` is missing (we run as root on the dev
@@ -35,14 +39,25 @@ pub fn ensure_installed(program: &str, packages: &[&str]) -> anyhow::Result<()> 
     if on_path(program) {
         return Ok(());
     }
-    eprintln!("{program} not found; installing {} with apt-get", packages.join(" "));
-    let ok = std::process::Command::new("apt-get").arg("update").arg("-qq").status()?.success()
+    eprintln!(
+        "{program} not found; installing {} with apt-get",
+        packages.join(" ")
+    );
+    let ok = std::process::Command::new("apt-get")
+        .arg("update")
+        .arg("-qq")
+        .status()?
+        .success()
         && std::process::Command::new("apt-get")
             .args(["install", "-y", "-qq"])
             .args(packages)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .status()?
             .success();
-    anyhow::ensure!(ok && on_path(program), "could not install {program}; install {} by hand", packages.join(" "));
+    anyhow::ensure!(
+        ok && on_path(program),
+        "could not install {program}; install {} by hand",
+        packages.join(" ")
+    );
     Ok(())
 }

@@ -15,21 +15,36 @@ impl RedisServer {
     pub async fn start() -> anyhow::Result<Self> {
         crate::proc::ensure_installed("redis-server", &["redis-server"])?;
         let port = crate::free_port();
-        let mut r = RedisServer { url: format!("redis://127.0.0.1:{port}"), port, proc: None };
+        let mut r = RedisServer {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            proc: None,
+        };
         r.spawn().await?;
         Ok(r)
     }
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &self.port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
         self.proc = Some(Owned(child));
         let port = self.port;
         crate::wait_for("redis-server", Duration::from_secs(10), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
         })
         .await
     }

@@ -1,1 +1,252 @@
-//! placeholder
+//! rtc-gateway: the Pingora proxy that is the only public entry. Resolve goes round-robin to
+//! healthy balancers; WebSockets go to the one node discovery knows, through our own splice
+//! (see `tunnel.rs` for why); an admin listener reports health, readiness, routes and metrics.
+
+pub mod admin;
+pub mod config;
+pub mod discovery;
+pub mod proxy;
+pub mod route;
+pub mod tunnel;
+
+use async_trait::async_trait;
+use config::Config;
+use pingora::lb::{health_check::TcpHealthCheck, selection::RoundRobin, LoadBalancer};
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::{background_service, BackgroundService};
+use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use route::Routes;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub struct Metrics {
+    registry: Registry,
+    pub active: IntGauge,
+    pub upgrades: IntCounterVec,
+    pub refused: IntCounterVec,
+    pub requests: IntCounterVec,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let m = Metrics {
+            registry: Registry::new(),
+            active: IntGauge::new(
+                "rtc_gateway_active_websockets",
+                "Proxied WebSockets open now",
+            )
+            .unwrap(),
+            upgrades: IntCounterVec::new(
+                Opts::new("rtc_gateway_upgrades_total", "WebSocket upgrades by result"),
+                &["result"],
+            )
+            .unwrap(),
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "rtc_gateway_refused_total",
+                    "Requests refused by the gateway, by code",
+                ),
+                &["code"],
+            )
+            .unwrap(),
+            requests: IntCounterVec::new(
+                Opts::new("rtc_gateway_requests_total", "Requests by route"),
+                &["route"],
+            )
+            .unwrap(),
+        };
+        for c in [
+            Box::new(m.active.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.upgrades.clone()),
+            Box::new(m.refused.clone()),
+            Box::new(m.requests.clone()),
+        ] {
+            m.registry.register(c).expect("metric names are unique");
+        }
+        m
+    }
+
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = Vec::new();
+        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// State shared by the proxy, the admin listener and the shutdown sequence.
+pub struct Gateway {
+    pub cfg: Config,
+    pub routes: Arc<Routes>,
+    pub balancers: Arc<LoadBalancer<RoundRobin>>,
+    /// Open WebSocket tunnels.
+    pub active: AtomicUsize,
+    /// False once shutdown began: /readyz fails and new upgrades are refused.
+    pub ready: AtomicBool,
+    /// Set to true to close every tunnel with 1001.
+    pub going_away: watch::Sender<bool>,
+    pub metrics: Metrics,
+}
+
+/// Keeps the route table fresh, inside Pingora's service lifecycle.
+struct DiscoveryService {
+    discovery: Arc<dyn discovery::Discovery>,
+    routes: Arc<Routes>,
+    interval: Duration,
+}
+
+#[async_trait]
+impl BackgroundService for DiscoveryService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        discovery::run(
+            self.discovery.clone(),
+            self.routes.clone(),
+            self.interval,
+            shutdown,
+        )
+        .await;
+    }
+}
+
+/// What starts the shutdown sequence: OS signals, or a test's trigger.
+pub enum Trigger {
+    Signals,
+    Manual(watch::Receiver<bool>),
+}
+
+/// The shutdown sequence, run before Pingora closes its listeners (which would otherwise close
+/// readiness and reset every WebSocket at once):
+/// 1. readiness fails and new upgrades are refused, so load balancers stop sending clients;
+/// 2. after SHUTDOWN_DELAY_SECS every tunnel gets a 1001 close frame at a frame boundary;
+/// 3. we wait up to SHUTDOWN_GRACE_SECS for tunnels to finish, then let Pingora stop.
+struct Shutdown {
+    gw: Arc<Gateway>,
+    trigger: tokio::sync::Mutex<Trigger>,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Shutdown {
+    async fn recv(&self) -> ShutdownSignal {
+        match &mut *self.trigger.lock().await {
+            Trigger::Signals => {
+                let mut term =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler installs");
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Trigger::Manual(rx) => {
+                let _ = rx.wait_for(|v| *v).await;
+            }
+        }
+        let gw = &self.gw;
+        gw.ready.store(false, Ordering::Relaxed);
+        tracing::info!(
+            websockets = gw.active.load(Ordering::Relaxed),
+            "gateway shutting down: readiness off"
+        );
+        tokio::time::sleep(Duration::from_secs(gw.cfg.shutdown_delay_secs)).await;
+        let _ = gw.going_away.send(true);
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_secs(gw.cfg.shutdown_grace_secs);
+        while gw.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(
+            left = gw.active.load(Ordering::Relaxed),
+            "gateway WebSockets closed"
+        );
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+/// A gateway ready to run (blocking) on its own thread.
+pub struct Built {
+    server: Server,
+    pub gw: Arc<Gateway>,
+    trigger: Trigger,
+}
+
+pub fn build(cfg: Config, trigger: Trigger) -> anyhow::Result<Built> {
+    cfg.validate()?;
+    let conf = ServerConf {
+        threads: cfg.threads,
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(2),
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let mut lb =
+        LoadBalancer::<RoundRobin>::try_from_iter(cfg.balancer_addrs.iter().map(String::as_str))
+            .map_err(|e| anyhow::anyhow!("BALANCER_ADDRS: {e}"))?;
+    lb.set_health_check(TcpHealthCheck::new());
+    lb.health_check_frequency = Some(Duration::from_secs(1));
+    let lb_service = background_service("balancer health", lb);
+    let balancers = lb_service.task();
+
+    let (going_away, _) = watch::channel(false);
+    let gw = Arc::new(Gateway {
+        routes: Arc::new(Routes::default()),
+        balancers,
+        active: AtomicUsize::new(0),
+        ready: AtomicBool::new(true),
+        going_away,
+        metrics: Metrics::new(),
+        cfg,
+    });
+    let disc = background_service(
+        "discovery",
+        DiscoveryService {
+            discovery: Arc::new(discovery::Local::new(&gw.cfg.redis_url)),
+            routes: gw.routes.clone(),
+            interval: Duration::from_millis(gw.cfg.discovery_interval_ms),
+        },
+    );
+
+    let mut proxy =
+        pingora::proxy::http_proxy_service(&server.configuration, proxy::Proxy { gw: gw.clone() });
+    proxy.add_tcp(&gw.cfg.listen_addr);
+    let mut admin = pingora::services::listening::Service::new(
+        "admin".to_string(),
+        admin::Admin { gw: gw.clone() },
+    );
+    admin.add_tcp(&gw.cfg.admin_addr);
+    admin.threads = Some(1);
+
+    let lb_handle = server.add_service(lb_service);
+    server.add_service(disc);
+    let proxy_handle = server.add_service(proxy);
+    proxy_handle.add_dependency(&lb_handle);
+    server.add_service(admin);
+    Ok(Built {
+        server,
+        gw,
+        trigger,
+    })
+}
+
+impl Built {
+    /// Runs until the trigger fires and the shutdown sequence ends. Blocks the thread; call it
+    /// outside any Tokio runtime.
+    pub fn run(self) {
+        let Built {
+            server,
+            gw,
+            trigger,
+        } = self;
+        tracing::info!(listen = %gw.cfg.listen_addr, admin = %gw.cfg.admin_addr, "gateway listening");
+        server.run(RunArgs {
+            shutdown_signal: Box::new(Shutdown {
+                gw,
+                trigger: tokio::sync::Mutex::new(trigger),
+            }),
+        });
+    }
+}

@@ -78,19 +78,41 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.shared.validate()?;
         anyhow::ensure!(self.max_connections > 0, "MAX_CONNECTIONS must be positive");
-        anyhow::ensure!(self.max_message_bytes >= 256, "MAX_MESSAGE_BYTES must be at least 256");
-        anyhow::ensure!(self.send_queue_bytes >= self.max_message_bytes, "SEND_QUEUE_BYTES must be at least MAX_MESSAGE_BYTES");
-        anyhow::ensure!(self.rate_limit_per_sec > 0, "RATE_LIMIT_PER_SEC must be positive");
-        anyhow::ensure!(self.history_max_messages > 0, "HISTORY_MAX_MESSAGES must be positive");
-        anyhow::ensure!(self.heartbeat_interval_ms >= 100, "HEARTBEAT_INTERVAL_MS must be at least 100");
+        anyhow::ensure!(
+            self.max_message_bytes >= 256,
+            "MAX_MESSAGE_BYTES must be at least 256"
+        );
+        anyhow::ensure!(
+            self.send_queue_bytes >= self.max_message_bytes,
+            "SEND_QUEUE_BYTES must be at least MAX_MESSAGE_BYTES"
+        );
+        anyhow::ensure!(
+            self.rate_limit_per_sec > 0,
+            "RATE_LIMIT_PER_SEC must be positive"
+        );
+        anyhow::ensure!(
+            self.history_max_messages > 0,
+            "HISTORY_MAX_MESSAGES must be positive"
+        );
+        anyhow::ensure!(
+            self.heartbeat_interval_ms >= 100,
+            "HEARTBEAT_INTERVAL_MS must be at least 100"
+        );
         anyhow::ensure!(
             self.heartbeat_ttl_secs * 1000 > self.heartbeat_interval_ms * 2,
             "HEARTBEAT_TTL_SECS must cover at least two heartbeat intervals"
         );
-        anyhow::ensure!(self.ws_read_buffer_bytes >= 256, "WS_READ_BUFFER_BYTES must be at least 256");
+        anyhow::ensure!(
+            self.ws_read_buffer_bytes >= 256,
+            "WS_READ_BUFFER_BYTES must be at least 256"
+        );
         if let Some(id) = &self.node_id {
             anyhow::ensure!(
-                !id.is_empty() && id.len() <= 253 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
+                !id.is_empty()
+                    && id.len() <= 253
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'),
                 "NODE_ID must be a DNS-style name (letters, digits, '-', '.'), got {id:?}"
             );
         }

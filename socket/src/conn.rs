@@ -62,7 +62,10 @@ impl Conn {
             return false;
         }
         if bounded && q.bytes + frame.len() > self.limit {
-            q.close = Some(CloseReason { code: rtc_common::protocol::close::SLOW_CONSUMER, reason: "slow consumer" });
+            q.close = Some(CloseReason {
+                code: rtc_common::protocol::close::SLOW_CONSUMER,
+                reason: "slow consumer",
+            });
             q.frames.clear();
             q.bytes = 0;
             drop(q);
@@ -117,7 +120,10 @@ mod tests {
         let close = c.take(&mut out);
         assert!(out.is_empty(), "a slow consumer's queue is dropped");
         assert_eq!(close.map(|c| c.code), Some(4001));
-        assert!(!c.push(Utf8Bytes::from_static("x")), "nothing is queued after close");
+        assert!(
+            !c.push(Utf8Bytes::from_static("x")),
+            "nothing is queued after close"
+        );
     }
 
     #[test]

@@ -26,7 +26,10 @@ pub struct DrainStatus {
 }
 
 pub fn status_of(node: &Node) -> DrainStatus {
-    let started = *node.drain_started.lock().expect("drain lock is never poisoned");
+    let started = *node
+        .drain_started
+        .lock()
+        .expect("drain lock is never poisoned");
     let remaining = node.connections.load(Ordering::Relaxed);
     DrainStatus {
         state: match started {
@@ -43,11 +46,18 @@ pub fn status_of(node: &Node) -> DrainStatus {
 /// Starts a drain (idempotent): readiness fails, new connections are refused, the heartbeat
 /// says draining so the leader moves our slots, and the mover starts telling clients to move.
 pub fn start(node: &Node) {
-    let mut started = node.drain_started.lock().expect("drain lock is never poisoned");
+    let mut started = node
+        .drain_started
+        .lock()
+        .expect("drain lock is never poisoned");
     if started.is_none() {
         *started = Some(Instant::now());
         node.draining.store(true, Ordering::Relaxed);
-        tracing::info!(connections = node.connections.load(Ordering::Relaxed), duration_s = node.cfg.drain_duration_secs, "drain started");
+        tracing::info!(
+            connections = node.connections.load(Ordering::Relaxed),
+            duration_s = node.cfg.drain_duration_secs,
+            "drain started"
+        );
     }
 }
 
@@ -75,17 +85,28 @@ pub async fn run_mover(node: Arc<Node>, cancel: CancellationToken) {
             _ = tick.tick() => {}
         }
         let (pending, released_at) = node.pending_moves();
-        let started = *node.drain_started.lock().expect("drain lock is never poisoned");
+        let started = *node
+            .drain_started
+            .lock()
+            .expect("drain lock is never poisoned");
         let window = match started {
             // Leave a fifth of the drain for the last clients to reconnect.
             Some(t) => (drain.mul_f64(0.8)).saturating_sub(t.elapsed()),
-            None => Duration::from_secs(node.cfg.move_pace_secs).saturating_sub(released_at.map_or(Duration::ZERO, |t| t.elapsed())),
+            None => Duration::from_secs(node.cfg.move_pace_secs)
+                .saturating_sub(released_at.map_or(Duration::ZERO, |t| t.elapsed())),
         };
         let ticks_left = (window.as_millis() / TICK.as_millis()).max(1) as usize;
         let batch = pending.div_ceil(ticks_left);
-        node.move_step(batch, ring_grace, MOVE_GRACE + Duration::from_millis(jitter), jitter);
+        node.move_step(
+            batch,
+            ring_grace,
+            MOVE_GRACE + Duration::from_millis(jitter),
+            jitter,
+        );
         if let Some(t) = started {
-            node.metrics.drain_remaining.set(node.connections.load(Ordering::Relaxed) as i64);
+            node.metrics
+                .drain_remaining
+                .set(node.connections.load(Ordering::Relaxed) as i64);
             node.metrics.drain_time.set(t.elapsed().as_secs_f64());
         }
     }

@@ -27,7 +27,11 @@ pub struct History {
 
 impl History {
     pub fn new() -> Self {
-        History { entries: VecDeque::new(), floor: None, last: -1 }
+        History {
+            entries: VecDeque::new(),
+            floor: None,
+            last: -1,
+        }
     }
 
     /// Forgets everything (slot given up or taken over afresh).
@@ -92,9 +96,15 @@ impl History {
     }
 
     /// Records for `recipient` after `resume`, oldest first.
-    pub fn after<'a>(&'a self, recipient: &'a str, resume: i64) -> impl Iterator<Item = &'a Entry> + 'a {
+    pub fn after<'a>(
+        &'a self,
+        recipient: &'a str,
+        resume: i64,
+    ) -> impl Iterator<Item = &'a Entry> + 'a {
         let start = self.entries.partition_point(|e| e.offset <= resume);
-        self.entries.range(start..).filter(move |e| &*e.recipient == recipient)
+        self.entries
+            .range(start..)
+            .filter(move |e| &*e.recipient == recipient)
     }
 }
 
@@ -103,7 +113,12 @@ mod tests {
     use super::*;
 
     fn e(offset: i64, to: &str, at: u64) -> Entry {
-        Entry { offset, recipient: to.into(), frame: Utf8Bytes::from(format!("m{offset}")), at_ms: at }
+        Entry {
+            offset,
+            recipient: to.into(),
+            frame: Utf8Bytes::from(format!("m{offset}")),
+            at_ms: at,
+        }
     }
 
     #[test]
@@ -118,7 +133,10 @@ mod tests {
         assert!(h.covers(9), "resume 9 needs 10.. which is complete");
         assert!(!h.covers(8), "offset 9 was never seen");
         assert_eq!(h.last_offset(), 13);
-        assert!(!h.push(e(12, "a", 0), 100, 0), "a re-delivered offset is ignored");
+        assert!(
+            !h.push(e(12, "a", 0), 100, 0),
+            "a re-delivered offset is ignored"
+        );
     }
 
     #[test]
@@ -132,7 +150,10 @@ mod tests {
         assert_eq!(h.floor(), Some(5));
         assert!(h.covers(4) && !h.covers(3));
         h.trim(5, 75);
-        assert_eq!(h.after("a", -1).map(|x| x.offset).collect::<Vec<_>>(), vec![8, 9]);
+        assert_eq!(
+            h.after("a", -1).map(|x| x.offset).collect::<Vec<_>>(),
+            vec![8, 9]
+        );
         assert_eq!(h.floor(), Some(8));
     }
 

@@ -36,15 +36,26 @@ pub struct Socket {
 /// Binds the listener and creates the Kafka producer.
 pub async fn build(cfg: Config) -> anyhow::Result<Socket> {
     cfg.validate()?;
-    let id = cfg.node_id.clone().unwrap_or_else(|| format!("socket-{:08x}", rand::random::<u32>()));
-    let listener = TcpListener::bind(&cfg.listen_addr).await.with_context(|| format!("binding LISTEN_ADDR {}", cfg.listen_addr))?;
+    let id = cfg
+        .node_id
+        .clone()
+        .unwrap_or_else(|| format!("socket-{:08x}", rand::random::<u32>()));
+    let listener = TcpListener::bind(&cfg.listen_addr)
+        .await
+        .with_context(|| format!("binding LISTEN_ADDR {}", cfg.listen_addr))?;
     let addr = listener.local_addr()?;
-    let producer = rtc_common::kafka::producer_config(&cfg.shared.kafka_bootstrap, cfg.kafka_send_timeout())
-        .create()
-        .context("creating the Kafka producer")?;
+    let producer =
+        rtc_common::kafka::producer_config(&cfg.shared.kafka_bootstrap, cfg.kafka_send_timeout())
+            .create()
+            .context("creating the Kafka producer")?;
     let (tx, sessions_rx) = session::session_channel();
     let node = Arc::new(Node::new(cfg, id, producer, tx, CancellationToken::new()));
-    Ok(Socket { node, addr, listener, sessions_rx })
+    Ok(Socket {
+        node,
+        addr,
+        listener,
+        sessions_rx,
+    })
 }
 
 fn router(node: Arc<Node>) -> axum::Router {
@@ -74,7 +85,11 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render()).into_response()
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        node.metrics.render(),
+    )
+        .into_response()
 }
 
 impl Socket {
@@ -87,43 +102,74 @@ impl Socket {
     /// sends whose acks the client will not see — they are still delivered); delete the
     /// heartbeat last so the balancer moves our slots as soon as we are gone.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
-        let Socket { node, addr, listener, sessions_rx } = self;
-        let advertise = node.cfg.advertise_addr.clone().unwrap_or_else(|| addr.to_string());
+        let Socket {
+            node,
+            addr,
+            listener,
+            sessions_rx,
+        } = self;
+        let advertise = node
+            .cfg
+            .advertise_addr
+            .clone()
+            .unwrap_or_else(|| addr.to_string());
         tracing::info!(node = %node.id, %addr, %advertise, "socket node listening");
         let http_cancel = CancellationToken::new();
         let tracker = TaskTracker::new();
         let bootstrap = node.cfg.shared.kafka_bootstrap.clone();
         let bg = node.cancel.clone();
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(rtc_common::http::serve(listener, router(node.clone()), http_cancel.clone(), tracker.clone()));
+        tasks.spawn(rtc_common::http::serve(
+            listener,
+            router(node.clone()),
+            http_cancel.clone(),
+            tracker.clone(),
+        ));
         {
             let (node, bootstrap, bg) = (node.clone(), bootstrap.clone(), bg.clone());
-            tasks.spawn(async move { log_end("deliver", relay::run_deliver(node, bootstrap, bg).await) });
+            tasks.spawn(async move {
+                log_end("deliver", relay::run_deliver(node, bootstrap, bg).await)
+            });
         }
         {
             let (node, bootstrap, bg) = (node.clone(), bootstrap.clone(), bg.clone());
-            tasks.spawn(async move { log_end("rooms", relay::run_rooms(node, bootstrap, bg).await) });
+            tasks.spawn(
+                async move { log_end("rooms", relay::run_rooms(node, bootstrap, bg).await) },
+            );
         }
         {
             let (node, bootstrap, bg) = (node.clone(), bootstrap.clone(), bg.clone());
-            tasks.spawn(async move { log_end("control", relay::run_control(node, bootstrap, bg).await) });
+            tasks.spawn(async move {
+                log_end("control", relay::run_control(node, bootstrap, bg).await)
+            });
         }
         tasks.spawn(drain::run_mover(node.clone(), bg.clone()));
         let hb = {
             let (node, bg) = (node.clone(), bg.clone());
             tokio::spawn(async move {
-                let Some(redis) = session::connect_redis(&node.cfg.shared.redis_url, &bg).await else { return };
-                tokio::spawn(session::run_sessions(node.id.clone(), redis.clone(), sessions_rx));
+                let Some(redis) = session::connect_redis(&node.cfg.shared.redis_url, &bg).await
+                else {
+                    return;
+                };
+                tokio::spawn(session::run_sessions(
+                    node.id.clone(),
+                    redis.clone(),
+                    sessions_rx,
+                ));
                 session::run_heartbeat(node, redis, advertise, bg).await;
             })
         };
 
         cancel.cancelled().await;
-        tracing::info!(connections = node.connections.load(Ordering::Relaxed), "socket node shutting down");
+        tracing::info!(
+            connections = node.connections.load(Ordering::Relaxed),
+            "socket node shutting down"
+        );
         http_cancel.cancel();
         node.cancel.cancel();
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while node.connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        while node.connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let producer = node.producer.clone();

@@ -23,22 +23,64 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(node_id: &str) -> Self {
-        let registry = Registry::new_custom(None, Some([("node".to_string(), node_id.to_string())].into())).expect("static labels are valid");
+        let registry = Registry::new_custom(
+            None,
+            Some([("node".to_string(), node_id.to_string())].into()),
+        )
+        .expect("static labels are valid");
         let m = Metrics {
-            active_connections: IntGauge::new("rtc_socket_active_connections", "Open client WebSockets").unwrap(),
+            active_connections: IntGauge::new(
+                "rtc_socket_active_connections",
+                "Open client WebSockets",
+            )
+            .unwrap(),
             latency: GaugeVec::new(
-                Opts::new("rtc_socket_latency", "Produce-to-deliver latency in seconds, by quantile over the last window"),
+                Opts::new(
+                    "rtc_socket_latency",
+                    "Produce-to-deliver latency in seconds, by quantile over the last window",
+                ),
                 &["quantile"],
             )
             .unwrap(),
-            messages: IntCounterVec::new(Opts::new("rtc_socket_messages_total", "Messages handled, by kind"), &["kind"]).unwrap(),
-            refused: IntCounterVec::new(Opts::new("rtc_socket_refused_total", "Refused connections and frames, by code"), &["code"]).unwrap(),
-            closed: IntCounterVec::new(Opts::new("rtc_socket_closed_total", "Connections closed by the server, by close code"), &["code"]).unwrap(),
-            drain_remaining: IntGauge::new("rtc_socket_drain_remaining_connections", "Connections left to move in a drain").unwrap(),
-            drain_time: Gauge::new("rtc_socket_drain_time_seconds", "Seconds since the drain started").unwrap(),
+            messages: IntCounterVec::new(
+                Opts::new("rtc_socket_messages_total", "Messages handled, by kind"),
+                &["kind"],
+            )
+            .unwrap(),
+            refused: IntCounterVec::new(
+                Opts::new(
+                    "rtc_socket_refused_total",
+                    "Refused connections and frames, by code",
+                ),
+                &["code"],
+            )
+            .unwrap(),
+            closed: IntCounterVec::new(
+                Opts::new(
+                    "rtc_socket_closed_total",
+                    "Connections closed by the server, by close code",
+                ),
+                &["code"],
+            )
+            .unwrap(),
+            drain_remaining: IntGauge::new(
+                "rtc_socket_drain_remaining_connections",
+                "Connections left to move in a drain",
+            )
+            .unwrap(),
+            drain_time: Gauge::new(
+                "rtc_socket_drain_time_seconds",
+                "Seconds since the drain started",
+            )
+            .unwrap(),
             owned_slots: IntGauge::new("rtc_socket_owned_slots", "Slots this node owns").unwrap(),
-            ring_epoch: IntGauge::new("rtc_socket_ring_epoch", "Newest ring epoch applied").unwrap(),
-            moves: IntCounterVec::new(Opts::new("rtc_socket_moves_total", "Move frames sent, by reason"), &["reason"]).unwrap(),
+            ring_epoch: IntGauge::new("rtc_socket_ring_epoch", "Newest ring epoch applied")
+                .unwrap(),
+            moves: IntCounterVec::new(
+                Opts::new("rtc_socket_moves_total", "Move frames sent, by reason"),
+                &["reason"],
+            )
+            .unwrap(),
             registry,
         };
         for c in [

@@ -43,6 +43,8 @@ pub struct Member {
 
 pub struct Slot {
     pub phase: Phase,
+    /// While loading: the high watermark at takeover; the slot is ready once consumed to it.
+    pub load_target: Option<i64>,
     pub history: History,
     pub members: HashMap<Box<str>, Member>,
     pub released_at: Option<Instant>,
@@ -58,8 +60,18 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    pub const fn new(status: u16, code: ErrorCode, message: &'static str, retry_after: Option<u32>) -> Self {
-        Refusal { status, code, message, retry_after }
+    pub const fn new(
+        status: u16,
+        code: ErrorCode,
+        message: &'static str,
+        retry_after: Option<u32>,
+    ) -> Self {
+        Refusal {
+            status,
+            code,
+            message,
+            retry_after,
+        }
     }
 }
 
@@ -108,7 +120,15 @@ impl Node {
     ) -> Self {
         let slots = cfg.shared.slots;
         let table = (0..slots)
-            .map(|_| Mutex::new(Slot { phase: Phase::Idle, history: History::new(), members: HashMap::new(), released_at: None }))
+            .map(|_| {
+                Mutex::new(Slot {
+                    phase: Phase::Idle,
+                    load_target: None,
+                    history: History::new(),
+                    members: HashMap::new(),
+                    released_at: None,
+                })
+            })
             .collect();
         Node {
             secret: cfg.shared.ring_secret.as_bytes().to_vec(),
@@ -124,7 +144,10 @@ impl Node {
             has_ring: AtomicBool::new(false),
             redis_ok: AtomicBool::new(false),
             reassign: Notify::new(),
-            latency_us: Mutex::new(hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2).expect("valid bounds")),
+            latency_us: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                    .expect("valid bounds"),
+            ),
             delivered_window: AtomicU64::new(0),
             cancel,
             producer,
@@ -134,23 +157,34 @@ impl Node {
     }
 
     fn slot(&self, s: u32) -> std::sync::MutexGuard<'_, Slot> {
-        self.table[s as usize].lock().expect("slot lock is never poisoned")
+        self.table[s as usize]
+            .lock()
+            .expect("slot lock is never poisoned")
     }
 
     pub fn ring(&self) -> Arc<Ring> {
-        self.ring.read().expect("ring lock is never poisoned").clone()
+        self.ring
+            .read()
+            .expect("ring lock is never poisoned")
+            .clone()
     }
 
     /// Whether the node should take new connections.
     pub fn ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed) && self.has_ring.load(Ordering::Relaxed) && self.redis_ok.load(Ordering::Relaxed)
+        !self.draining.load(Ordering::Relaxed)
+            && self.has_ring.load(Ordering::Relaxed)
+            && self.redis_ok.load(Ordering::Relaxed)
     }
 
     /// Applies `ring` if it is newer than the one we have. Slots we gain start loading; slots we
     /// lose keep serving their members until those have moved.
     pub fn apply_ring(&self, ring: Ring) -> bool {
         if ring.slots() != self.slots {
-            tracing::error!(got = ring.slots(), want = self.slots, "ignoring a ring with a different slot count");
+            tracing::error!(
+                got = ring.slots(),
+                want = self.slots,
+                "ignoring a ring with a different slot count"
+            );
             return false;
         }
         {
@@ -167,6 +201,7 @@ impl Node {
             match (ours, slot.phase) {
                 (true, Phase::Idle) => {
                     slot.history.reset();
+                    slot.load_target = None;
                     slot.phase = Phase::Loading;
                     gained += 1;
                 }
@@ -181,11 +216,16 @@ impl Node {
                 }
                 (false, Phase::Loading) => {
                     slot.phase = Phase::Idle;
+                    slot.load_target = None;
                     slot.history.reset();
                     lost += 1;
                 }
                 (false, Phase::Ready) => {
-                    slot.phase = if slot.members.is_empty() { Phase::Idle } else { Phase::Releasing };
+                    slot.phase = if slot.members.is_empty() {
+                        Phase::Idle
+                    } else {
+                        Phase::Releasing
+                    };
                     if slot.phase == Phase::Idle {
                         slot.history.reset();
                     }
@@ -197,35 +237,54 @@ impl Node {
         }
         self.has_ring.store(true, Ordering::Relaxed);
         self.metrics.ring_epoch.set(ring.epoch as i64);
-        self.metrics.owned_slots.set(ring.slots_of(&self.id).len() as i64);
+        self.metrics
+            .owned_slots
+            .set(ring.slots_of(&self.id).len() as i64);
         tracing::info!(epoch = ring.epoch, gained, lost, "applied ring");
         self.reassign.notify_one();
         true
     }
 
-    /// The partitions the deliver consumer should read and where to start: loading slots from
-    /// `history_max_messages` back, the others right after their newest record.
-    pub fn consumer_plan(&self) -> Vec<(u32, Option<i64>)> {
+    /// Loading slots whose start position is not known yet.
+    pub fn unstarted(&self) -> Vec<u32> {
+        (0..self.slots)
+            .filter(|&s| {
+                let slot = self.slot(s);
+                slot.phase == Phase::Loading && slot.load_target.is_none()
+            })
+            .collect()
+    }
+
+    /// Starts loading slot `s` from `start`; it becomes ready once records up to `high` (the
+    /// high watermark read at takeover, exclusive) are consumed. Both come from the broker
+    /// before the partition is assigned, so no record between them can be skipped.
+    pub fn begin_load(&self, s: u32, start: i64, high: i64) {
+        let mut slot = self.slot(s);
+        if slot.phase != Phase::Loading || slot.load_target.is_some() {
+            return;
+        }
+        slot.history.reset();
+        slot.history.start_at(start);
+        slot.load_target = Some(high);
+        if start >= high {
+            slot.phase = Phase::Ready;
+            slot.load_target = None;
+        }
+    }
+
+    /// The partitions the deliver consumer should read and where to continue: right after the
+    /// newest record of every slot that is loading (with a known start), ready or releasing.
+    pub fn consumer_plan(&self) -> Vec<(u32, i64)> {
         (0..self.slots)
             .filter_map(|s| {
                 let slot = self.slot(s);
                 match slot.phase {
                     Phase::Idle => None,
-                    Phase::Loading if slot.history.floor().is_none() => Some((s, None)),
-                    _ => Some((s, Some(slot.history.last_offset() + 1))),
+                    Phase::Loading if slot.load_target.is_none() => None,
+                    _ => Some((s, slot.history.last_offset() + 1)),
                 }
             })
             .collect()
-    }
-
-    /// The consumer reached the end of slot `s` at `position`: a loading slot is ready.
-    pub fn caught_up(&self, s: u32, position: i64) {
-        let mut slot = self.slot(s);
-        slot.history.start_at(position);
-        if slot.phase == Phase::Loading {
-            slot.phase = Phase::Ready;
-            tracing::debug!(slot = s, position, kept = slot.history.len(), "slot ready");
-        }
     }
 
     /// The newest offset of slot `s` this node has consumed (-1 when none).
@@ -235,58 +294,114 @@ impl Node {
 
     /// Slots in a phase, for heartbeats and tests.
     pub fn slots_in(&self, phase: Phase) -> Vec<u32> {
-        (0..self.slots).filter(|&s| self.slot(s).phase == phase).collect()
+        (0..self.slots)
+            .filter(|&s| self.slot(s).phase == phase)
+            .collect()
     }
 
     /// Checks whether `slot` can take a new client now (ring epoch from the client's token).
     pub fn admit(&self, slot: u32, token_epoch: u64) -> Result<(), Refusal> {
         if self.draining.load(Ordering::Relaxed) {
-            return Err(Refusal::new(503, ErrorCode::Draining, "this node is draining; resolve again", Some(1)));
+            return Err(Refusal::new(
+                503,
+                ErrorCode::Draining,
+                "this node is draining; resolve again",
+                Some(1),
+            ));
         }
         if !self.has_ring.load(Ordering::Relaxed) {
-            return Err(Refusal::new(503, ErrorCode::NotReady, "this node has no ring yet", Some(1)));
+            return Err(Refusal::new(
+                503,
+                ErrorCode::NotReady,
+                "this node has no ring yet",
+                Some(1),
+            ));
         }
         match self.slot(slot).phase {
             Phase::Ready => {}
-            Phase::Loading => return Err(Refusal::new(503, ErrorCode::SlotLoading, "the slot is loading its history", Some(1))),
+            Phase::Loading => {
+                return Err(Refusal::new(
+                    503,
+                    ErrorCode::SlotLoading,
+                    "the slot is loading its history",
+                    Some(1),
+                ))
+            }
             Phase::Idle | Phase::Releasing => {
                 return Err(if token_epoch > self.ring().epoch {
-                    Refusal::new(503, ErrorCode::NotReady, "this node has not applied the token's ring epoch yet", Some(1))
+                    Refusal::new(
+                        503,
+                        ErrorCode::NotReady,
+                        "this node has not applied the token's ring epoch yet",
+                        Some(1),
+                    )
                 } else {
-                    Refusal::new(409, ErrorCode::SlotNotOwned, "this node does not own the client's slot; resolve again", None)
+                    Refusal::new(
+                        409,
+                        ErrorCode::SlotNotOwned,
+                        "this node does not own the client's slot; resolve again",
+                        None,
+                    )
                 });
             }
         }
         let n = self.connections.load(Ordering::Relaxed);
         if n >= self.cfg.max_connections {
-            return Err(Refusal::new(503, ErrorCode::TooManyConnections, "this node is at its connection limit", Some(5)));
+            return Err(Refusal::new(
+                503,
+                ErrorCode::TooManyConnections,
+                "this node is at its connection limit",
+                Some(5),
+            ));
         }
         Ok(())
     }
 
     /// Makes `conn` the member for its clientId in `slot`: queues the welcome and the replay of
     /// everything after `resume`, atomically with live delivery (see the module comment).
-    pub fn register(&self, conn: &Arc<Conn>, slot: u32, resume: Option<i64>) -> Result<Registered, CloseReason> {
+    pub fn register(
+        &self,
+        conn: &Arc<Conn>,
+        slot: u32,
+        resume: Option<i64>,
+    ) -> Result<Registered, CloseReason> {
         let epoch = self.ring().epoch;
         let mut s = self.slot(slot);
         if s.phase != Phase::Ready {
-            return Err(CloseReason { code: close::MOVED, reason: "slot moved during the handshake" });
+            return Err(CloseReason {
+                code: close::MOVED,
+                reason: "slot moved during the handshake",
+            });
         }
         let last = s.history.last_offset();
         let (recovered, from) = match resume {
             Some(r) => (s.history.covers(r), r),
             None => (true, last),
         };
-        let welcome = ServerFrame::Welcome { node: &self.id, client_id: &conn.client_id, epoch, recovered, offset: last }.to_json();
+        let welcome = ServerFrame::Welcome {
+            node: &self.id,
+            client_id: &conn.client_id,
+            epoch,
+            recovered,
+            offset: last,
+        }
+        .to_json();
         conn.push_unbounded(Utf8Bytes::from(welcome));
         let mut delivered = from;
         for e in s.history.after(&conn.client_id, from) {
             conn.push_unbounded(e.frame.clone());
             delivered = e.offset;
         }
-        let member = Member { conn: conn.clone(), last: delivered, move_sent: None };
+        let member = Member {
+            conn: conn.clone(),
+            last: delivered,
+            move_sent: None,
+        };
         if let Some(old) = s.members.insert(conn.client_id.clone(), member) {
-            old.conn.close(CloseReason { code: close::REPLACED, reason: "replaced by a newer connection" });
+            old.conn.close(CloseReason {
+                code: close::REPLACED,
+                reason: "replaced by a newer connection",
+            });
         }
         Ok(Registered { recovered })
     }
@@ -295,7 +410,10 @@ impl Node {
     pub fn unregister(&self, conn: &Conn, slot: u32, rooms: &[Box<str>]) {
         {
             let mut s = self.slot(slot);
-            if s.members.get(&conn.client_id).is_some_and(|m| m.conn.id == conn.id) {
+            if s.members
+                .get(&conn.client_id)
+                .is_some_and(|m| m.conn.id == conn.id)
+            {
                 s.members.remove(&conn.client_id);
             }
         }
@@ -320,15 +438,30 @@ impl Node {
         if slot.phase == Phase::Idle {
             return;
         }
-        let entry = Entry { offset, recipient: recipient.into(), frame: frame.clone(), at_ms };
-        if !slot.history.push(entry, self.cfg.history_max_messages, min_at) {
+        let entry = Entry {
+            offset,
+            recipient: recipient.into(),
+            frame: frame.clone(),
+            at_ms,
+        };
+        if !slot
+            .history
+            .push(entry, self.cfg.history_max_messages, min_at)
+        {
             return;
+        }
+        if slot.load_target.is_some_and(|t| offset + 1 >= t) {
+            slot.phase = Phase::Ready;
+            slot.load_target = None;
         }
         if let Some(m) = slot.members.get_mut(recipient) {
             if offset > m.last {
                 m.last = offset;
                 if m.conn.push(frame) {
-                    self.metrics.messages.with_label_values(&["delivered"]).inc();
+                    self.metrics
+                        .messages
+                        .with_label_values(&["delivered"])
+                        .inc();
                     self.delivered_window.fetch_add(1, Ordering::Relaxed);
                     let us = now.saturating_sub(at_ms) * 1000;
                     if let Ok(mut h) = self.latency_us.lock() {
@@ -343,7 +476,9 @@ impl Node {
 
     pub fn join(&self, room: &str, conn: &Arc<Conn>) {
         let mut all = self.rooms.lock().expect("rooms lock is never poisoned");
-        all.entry(room.into()).or_default().insert(conn.id, conn.clone());
+        all.entry(room.into())
+            .or_default()
+            .insert(conn.id, conn.clone());
     }
 
     pub fn leave(&self, room: &str, conn: &Conn) {
@@ -367,7 +502,10 @@ impl Node {
         };
         for c in members {
             if c.push(frame.clone()) {
-                self.metrics.messages.with_label_values(&["room_delivered"]).inc();
+                self.metrics
+                    .messages
+                    .with_label_values(&["room_delivered"])
+                    .inc();
             }
         }
     }
@@ -375,27 +513,47 @@ impl Node {
     /// One pacing step of moving clients off slots we no longer own (or off every slot while
     /// draining, after `grace`): sends at most `batch` `move` frames, closes members that
     /// ignored theirs past `deadline`, and retires released slots that have emptied.
-    pub fn move_step(&self, batch: usize, grace: std::time::Duration, deadline: std::time::Duration, jitter_ms: u64) -> usize {
+    pub fn move_step(
+        &self,
+        batch: usize,
+        grace: std::time::Duration,
+        deadline: std::time::Duration,
+        jitter_ms: u64,
+    ) -> usize {
         let draining = self.draining.load(Ordering::Relaxed);
-        let drain_elapsed = self.drain_started.lock().ok().and_then(|d| d.map(|t| t.elapsed()));
+        let drain_elapsed = self
+            .drain_started
+            .lock()
+            .ok()
+            .and_then(|d| d.map(|t| t.elapsed()));
         let drain_all = draining && drain_elapsed.is_some_and(|e| e >= grace);
         let reason = if draining { "drain" } else { "rebalance" };
         let mut sent = 0;
         let mut retired = false;
         for s in 0..self.slots {
             let mut slot = self.slot(s);
-            let eligible = slot.phase == Phase::Releasing || (drain_all && !slot.members.is_empty());
+            let eligible =
+                slot.phase == Phase::Releasing || (drain_all && !slot.members.is_empty());
             if !eligible {
                 continue;
             }
             for m in slot.members.values_mut() {
                 match m.move_sent {
                     Some(at) if at.elapsed() > deadline => {
-                        m.conn.close(CloseReason { code: close::MOVED, reason: "moved: reconnect through resolve" });
+                        m.conn.close(CloseReason {
+                            code: close::MOVED,
+                            reason: "moved: reconnect through resolve",
+                        });
                     }
                     None if sent < batch => {
-                        let delay_ms = if jitter_ms == 0 { 0 } else { rand::random_range(0..=jitter_ms) };
-                        m.conn.push_unbounded(Utf8Bytes::from(ServerFrame::Move { reason, delay_ms }.to_json()));
+                        let delay_ms = if jitter_ms == 0 {
+                            0
+                        } else {
+                            rand::random_range(0..=jitter_ms)
+                        };
+                        m.conn.push_unbounded(Utf8Bytes::from(
+                            ServerFrame::Move { reason, delay_ms }.to_json(),
+                        ));
                         m.move_sent = Some(Instant::now());
                         sent += 1;
                     }
@@ -410,7 +568,10 @@ impl Node {
             }
         }
         if sent > 0 {
-            self.metrics.moves.with_label_values(&[reason]).inc_by(sent as u64);
+            self.metrics
+                .moves
+                .with_label_values(&[reason])
+                .inc_by(sent as u64);
         }
         if retired {
             self.reassign.notify_one();
@@ -426,7 +587,11 @@ impl Node {
         for s in 0..self.slots {
             let slot = self.slot(s);
             if slot.phase == Phase::Releasing || draining {
-                let k = slot.members.values().filter(|m| m.move_sent.is_none()).count();
+                let k = slot
+                    .members
+                    .values()
+                    .filter(|m| m.move_sent.is_none())
+                    .count();
                 if k > 0 {
                     n += k;
                     if let Some(t) = slot.released_at {
@@ -440,6 +605,8 @@ impl Node {
 
     /// Slots owned and served, for the heartbeat.
     pub fn owned(&self) -> BTreeSet<u32> {
-        (0..self.slots).filter(|&s| matches!(self.slot(s).phase, Phase::Ready | Phase::Loading)).collect()
+        (0..self.slots)
+            .filter(|&s| matches!(self.slot(s).phase, Phase::Ready | Phase::Loading))
+            .collect()
     }
 }

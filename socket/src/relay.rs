@@ -8,7 +8,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use rtc_common::kafka::{self, CONTROL_TOPIC, DELIVER_TOPIC, RING_KEY, ROOMS_PARTITIONS, ROOMS_TOPIC};
+use rtc_common::kafka::{
+    self, CONTROL_TOPIC, DELIVER_TOPIC, RING_KEY, ROOMS_PARTITIONS, ROOMS_TOPIC,
+};
 use rtc_common::protocol::{Envelope, MsgFrame};
 use rtc_common::ring::Ring;
 use rtc_common::slot::murmur2;
@@ -28,7 +30,10 @@ pub fn produce_direct(
     to: &str,
     value: &str,
 ) -> Result<impl std::future::Future<Output = Produced>, KafkaError> {
-    let rec = FutureRecord::to(DELIVER_TOPIC).partition(slot as i32).key(to).payload(value);
+    let rec = FutureRecord::to(DELIVER_TOPIC)
+        .partition(slot as i32)
+        .key(to)
+        .payload(value);
     enqueue(producer, rec)
 }
 
@@ -39,7 +44,10 @@ pub fn produce_room(
     value: &str,
 ) -> Result<impl std::future::Future<Output = Produced>, KafkaError> {
     let p = ((murmur2(room.as_bytes()) as u32) & 0x7fff_ffff) % ROOMS_PARTITIONS as u32;
-    let rec = FutureRecord::to(ROOMS_TOPIC).partition(p as i32).key(room).payload(value);
+    let rec = FutureRecord::to(ROOMS_TOPIC)
+        .partition(p as i32)
+        .key(room)
+        .payload(value);
     enqueue(producer, rec)
 }
 
@@ -58,38 +66,46 @@ fn enqueue(
 }
 
 fn record_ms(m: &impl Message) -> u64 {
-    m.timestamp().to_millis().map(|t| t.max(0) as u64).unwrap_or_else(rtc_common::telemetry::now_ms)
+    m.timestamp()
+        .to_millis()
+        .map(|t| t.max(0) as u64)
+        .unwrap_or_else(rtc_common::telemetry::now_ms)
 }
 
 /// Builds the `msg` frame of a record, or None for a record that is not ours to parse.
 fn frame_of(payload: Option<&[u8]>, offset: Option<i64>) -> Option<Utf8Bytes> {
     let env: Envelope = serde_json::from_slice(payload?).ok()?;
-    Some(Utf8Bytes::from(MsgFrame::from_envelope(&env, offset).to_json()))
+    Some(Utf8Bytes::from(
+        MsgFrame::from_envelope(&env, offset).to_json(),
+    ))
 }
 
 /// Reads the owned slots of `rtc.deliver` until `cancel`.
-pub async fn run_deliver(node: Arc<Node>, bootstrap: String, cancel: CancellationToken) -> anyhow::Result<()> {
-    let consumer: StreamConsumer = kafka::assigned_consumer_config(&bootstrap, &format!("rtc-socket-{}", node.id)).create()?;
-    let history = node.cfg.history_max_messages as i64;
-    let reassign = |consumer: &StreamConsumer| -> anyhow::Result<()> {
-        let mut tpl = TopicPartitionList::new();
-        for (slot, next) in node.consumer_plan() {
-            let off = next.map(Offset::Offset).unwrap_or(Offset::OffsetTail(history));
-            tpl.add_partition_offset(DELIVER_TOPIC, slot as i32, off)?;
-        }
-        consumer.assign(&tpl)?;
-        tracing::debug!(partitions = tpl.count(), "deliver consumer assigned");
-        Ok(())
-    };
-    reassign(&consumer)?;
+pub async fn run_deliver(
+    node: Arc<Node>,
+    bootstrap: String,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer: Arc<StreamConsumer> = Arc::new(
+        kafka::assigned_consumer_config(&bootstrap, &format!("rtc-socket-{}", node.id))
+            .set("enable.partition.eof", "false")
+            .create()?,
+    );
+    // Loading slots whose start is unknown (Kafka unreachable at takeover) are retried on this tick.
+    let mut retry = tokio::time::interval(Duration::from_secs(1));
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut dirty = true;
     loop {
+        if dirty {
+            dirty = false;
+            if let Err(e) = reassign(&node, &consumer).await {
+                tracing::warn!(error = %format!("{e:#}"), "re-assigning deliver partitions failed; retrying");
+            }
+        }
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
-            _ = node.reassign.notified() => {
-                if let Err(e) = reassign(&consumer) {
-                    tracing::error!(error = %e, "re-assigning deliver partitions failed");
-                }
-            }
+            _ = node.reassign.notified() => dirty = true,
+            _ = retry.tick() => dirty = !node.unstarted().is_empty(),
             r = consumer.recv() => match r {
                 Ok(m) => {
                     let (Some(key), Some(frame)) = (m.key().and_then(|k| std::str::from_utf8(k).ok()), frame_of(m.payload(), Some(m.offset()))) else {
@@ -97,23 +113,6 @@ pub async fn run_deliver(node: Arc<Node>, bootstrap: String, cancel: Cancellatio
                         continue;
                     };
                     node.deliver(m.partition() as u32, m.offset(), key, frame, record_ms(&m));
-                }
-                Err(KafkaError::PartitionEOF(p)) => {
-                    let position = consumer
-                        .position()
-                        .ok()
-                        .and_then(|tpl| tpl.find_partition(DELIVER_TOPIC, p).map(|e| e.offset()));
-                    match position {
-                        Some(Offset::Offset(o)) => node.caught_up(p as u32, o),
-                        _ => {
-                            // Position not known yet: ask the broker for the end.
-                            let c = &consumer;
-                            match c.fetch_watermarks(DELIVER_TOPIC, p, Duration::from_secs(5)) {
-                                Ok((_, high)) => node.caught_up(p as u32, high),
-                                Err(e) => tracing::warn!(partition = p, error = %e, "no watermark for a caught-up slot"),
-                            }
-                        }
-                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "deliver consumer error");
@@ -124,11 +123,45 @@ pub async fn run_deliver(node: Arc<Node>, bootstrap: String, cancel: Cancellatio
     }
 }
 
+/// Finds where newly owned slots start (the last `history_max_messages` records, from the
+/// broker's watermarks), then assigns every partition the node reads at its next offset.
+async fn reassign(node: &Arc<Node>, consumer: &Arc<StreamConsumer>) -> anyhow::Result<()> {
+    let unstarted = node.unstarted();
+    if !unstarted.is_empty() {
+        let (c, keep) = (consumer.clone(), node.cfg.history_max_messages as i64);
+        let marks = tokio::task::spawn_blocking(move || {
+            unstarted
+                .into_iter()
+                .map(|s| {
+                    c.fetch_watermarks(DELIVER_TOPIC, s as i32, Duration::from_secs(5))
+                        .map(|(lo, hi)| (s, (hi - keep).max(lo), hi))
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .await??;
+        for (s, start, high) in marks {
+            node.begin_load(s, start, high);
+        }
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (slot, next) in node.consumer_plan() {
+        tpl.add_partition_offset(DELIVER_TOPIC, slot as i32, Offset::Offset(next))?;
+    }
+    consumer.assign(&tpl)?;
+    tracing::debug!(partitions = tpl.count(), "deliver consumer assigned");
+    Ok(())
+}
+
 /// Reads every partition of `rtc.rooms` from now on and fans out to local members.
-pub async fn run_rooms(node: Arc<Node>, bootstrap: String, cancel: CancellationToken) -> anyhow::Result<()> {
-    let consumer: StreamConsumer = kafka::assigned_consumer_config(&bootstrap, &format!("rtc-rooms-{}", node.id))
-        .set("enable.partition.eof", "false")
-        .create()?;
+pub async fn run_rooms(
+    node: Arc<Node>,
+    bootstrap: String,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer: StreamConsumer =
+        kafka::assigned_consumer_config(&bootstrap, &format!("rtc-rooms-{}", node.id))
+            .set("enable.partition.eof", "false")
+            .create()?;
     let mut tpl = TopicPartitionList::new();
     for p in 0..ROOMS_PARTITIONS {
         tpl.add_partition_offset(ROOMS_TOPIC, p, Offset::End)?;
@@ -154,10 +187,15 @@ pub async fn run_rooms(node: Arc<Node>, bootstrap: String, cancel: CancellationT
 }
 
 /// Follows ring epochs on `rtc.control` (the newest record first, then every new one).
-pub async fn run_control(node: Arc<Node>, bootstrap: String, cancel: CancellationToken) -> anyhow::Result<()> {
-    let consumer: StreamConsumer = kafka::assigned_consumer_config(&bootstrap, &format!("rtc-control-{}", node.id))
-        .set("enable.partition.eof", "false")
-        .create()?;
+pub async fn run_control(
+    node: Arc<Node>,
+    bootstrap: String,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let consumer: StreamConsumer =
+        kafka::assigned_consumer_config(&bootstrap, &format!("rtc-control-{}", node.id))
+            .set("enable.partition.eof", "false")
+            .create()?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(CONTROL_TOPIC, 0, Offset::OffsetTail(1))?;
     consumer.assign(&tpl)?;

@@ -41,7 +41,12 @@ fn process_usage() -> (f64, u64) {
 }
 
 /// Sends a heartbeat every interval until `cancel`, then deletes it.
-pub async fn run_heartbeat(node: Arc<Node>, mut redis: ConnectionManager, addr: String, cancel: CancellationToken) {
+pub async fn run_heartbeat(
+    node: Arc<Node>,
+    mut redis: ConnectionManager,
+    addr: String,
+    cancel: CancellationToken,
+) {
     let interval = Duration::from_millis(node.cfg.heartbeat_interval_ms);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -58,13 +63,23 @@ pub async fn run_heartbeat(node: Arc<Node>, mut redis: ConnectionManager, addr: 
         (cpu_prev, at_prev) = (cpu_now, Instant::now());
         let delivered = node.delivered_window.swap(0, Ordering::Relaxed) as f64;
         let (p50, p95, p99) = {
-            let mut h = node.latency_us.lock().expect("latency lock is never poisoned");
-            let q = (h.value_at_quantile(0.5), h.value_at_quantile(0.95), h.value_at_quantile(0.99));
+            let mut h = node
+                .latency_us
+                .lock()
+                .expect("latency lock is never poisoned");
+            let q = (
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.95),
+                h.value_at_quantile(0.99),
+            );
             h.reset();
             q
         };
         for (label, v) in [("0.5", p50), ("0.95", p95), ("0.99", p99)] {
-            node.metrics.latency.with_label_values(&[label]).set(v as f64 / 1e6);
+            node.metrics
+                .latency
+                .with_label_values(&[label])
+                .set(v as f64 / 1e6);
         }
         let draining = node.draining.load(Ordering::Relaxed);
         let hb = Heartbeat {
@@ -82,7 +97,9 @@ pub async fn run_heartbeat(node: Arc<Node>, mut redis: ConnectionManager, addr: 
             ts_ms: rtc_common::telemetry::now_ms(),
         };
         let ttl = node.cfg.heartbeat_ttl_secs;
-        let ok = tokio::time::timeout(interval, store::put_heartbeat(&mut redis, &hb, ttl)).await.is_ok_and(|r| r.is_ok());
+        let ok = tokio::time::timeout(interval, store::put_heartbeat(&mut redis, &hb, ttl))
+            .await
+            .is_ok_and(|r| r.is_ok());
         if ok != node.redis_ok.swap(ok, Ordering::Relaxed) {
             if ok {
                 tracing::info!("heartbeats reach Redis; ready");
@@ -91,16 +108,26 @@ pub async fn run_heartbeat(node: Arc<Node>, mut redis: ConnectionManager, addr: 
             }
         }
         if ok {
-            if let Ok(Ok(Some(ring))) = tokio::time::timeout(interval, store::get_ring(&mut redis)).await {
+            if let Ok(Ok(Some(ring))) =
+                tokio::time::timeout(interval, store::get_ring(&mut redis)).await
+            {
                 node.apply_ring(ring);
             }
         }
     }
-    let _ = tokio::time::timeout(Duration::from_secs(1), store::delete_heartbeat(&mut redis, &node.id)).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        store::delete_heartbeat(&mut redis, &node.id),
+    )
+    .await;
 }
 
 /// Writes session records as events arrive, batching what is queued.
-pub async fn run_sessions(node_id: String, mut redis: ConnectionManager, mut rx: mpsc::Receiver<SessionEvent>) {
+pub async fn run_sessions(
+    node_id: String,
+    mut redis: ConnectionManager,
+    mut rx: mpsc::Receiver<SessionEvent>,
+) {
     let mut batch = Vec::with_capacity(256);
     while rx.recv_many(&mut batch, 256).await > 0 {
         let mut pipe = redis::pipe();
@@ -108,7 +135,14 @@ pub async fn run_sessions(node_id: String, mut redis: ConnectionManager, mut rx:
             match ev {
                 SessionEvent::Connected { client_id, at_ms } => {
                     let key = format!("{}{client_id}", store::SESSION_PREFIX);
-                    pipe.hset_multiple(&key, &[("node", node_id.clone()), ("connectedAt", at_ms.to_string())]).ignore();
+                    pipe.hset_multiple(
+                        &key,
+                        &[
+                            ("node", node_id.clone()),
+                            ("connectedAt", at_ms.to_string()),
+                        ],
+                    )
+                    .ignore();
                     pipe.expire(&key, 86_400).ignore();
                 }
                 SessionEvent::Disconnected { client_id } => {

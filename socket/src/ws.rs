@@ -16,7 +16,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::{
+    frame::coding::CloseCode, CloseFrame, Role, WebSocketConfig,
+};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
@@ -32,7 +34,8 @@ struct Params {
 }
 
 fn parse_query(q: Option<&str>) -> Result<Params, &'static str> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q.unwrap_or("")).map_err(|_| "the query string is not valid")?;
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(q.unwrap_or("")).map_err(|_| "the query string is not valid")?;
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let client_id = get("clientId").ok_or("clientId is required")?;
     validate_id(&client_id).map_err(|e| match e {
@@ -43,13 +46,25 @@ fn parse_query(q: Option<&str>) -> Result<Params, &'static str> {
     let token = get("token").unwrap_or_default();
     let resume = match get("resumeOffset").filter(|s| !s.is_empty()) {
         None => None,
-        Some(s) => Some(s.parse::<i64>().ok().filter(|&r| r >= -1).ok_or("resumeOffset must be an integer >= -1")?),
+        Some(s) => Some(
+            s.parse::<i64>()
+                .ok()
+                .filter(|&r| r >= -1)
+                .ok_or("resumeOffset must be an integer >= -1")?,
+        ),
     };
-    Ok(Params { client_id, token, resume })
+    Ok(Params {
+        client_id,
+        token,
+        resume,
+    })
 }
 
 fn refuse(node: &Node, r: Refusal) -> Response {
-    node.metrics.refused.with_label_values(&[r.code.as_str()]).inc();
+    node.metrics
+        .refused
+        .with_label_values(&[r.code.as_str()])
+        .inc();
     let status = http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::BAD_REQUEST);
     rtc_common::http::refusal(status, r.code, r.message, r.retry_after)
 }
@@ -79,7 +94,15 @@ pub async fn connect(
     mut req: axum::extract::Request,
 ) -> Response {
     if node_id != node.id {
-        return refuse(&node, Refusal::new(404, ErrorCode::WrongNode, "no such node here; resolve again", None));
+        return refuse(
+            &node,
+            Refusal::new(
+                404,
+                ErrorCode::WrongNode,
+                "no such node here; resolve again",
+                None,
+            ),
+        );
     }
     let p = match parse_query(query.as_deref()) {
         Ok(p) => p,
@@ -89,21 +112,70 @@ pub async fn connect(
     let t = match ticket::verify(&node.secret, &p.token, &p.client_id, &node.id, now) {
         Ok(t) => t,
         Err(ticket::TicketError::Expired) => {
-            return refuse(&node, Refusal::new(401, ErrorCode::TokenExpired, "the token expired; resolve again", None))
+            return refuse(
+                &node,
+                Refusal::new(
+                    401,
+                    ErrorCode::TokenExpired,
+                    "the token expired; resolve again",
+                    None,
+                ),
+            )
         }
-        Err(_) => return refuse(&node, Refusal::new(401, ErrorCode::InvalidToken, "the token is not valid for this client and node", None)),
+        Err(_) => {
+            return refuse(
+                &node,
+                Refusal::new(
+                    401,
+                    ErrorCode::InvalidToken,
+                    "the token is not valid for this client and node",
+                    None,
+                ),
+            )
+        }
     };
     let slot = slot_of(&p.client_id, node.slots);
     if let Err(r) = node.admit(slot, t.epoch) {
         return refuse(&node, r);
     }
     let key = match req.headers().get("sec-websocket-key") {
-        Some(k) if header_has(&req, http::header::UPGRADE, "websocket") && header_has(&req, http::header::CONNECTION, "upgrade") => k.clone(),
-        _ => return refuse(&node, Refusal::new(400, ErrorCode::BadRequest, "not a WebSocket upgrade request", None)),
+        Some(k)
+            if header_has(&req, http::header::UPGRADE, "websocket")
+                && header_has(&req, http::header::CONNECTION, "upgrade") =>
+        {
+            k.clone()
+        }
+        _ => {
+            return refuse(
+                &node,
+                Refusal::new(
+                    400,
+                    ErrorCode::BadRequest,
+                    "not a WebSocket upgrade request",
+                    None,
+                ),
+            )
+        }
     };
-    if req.headers().get("sec-websocket-version").map(|v| v.as_bytes()) != Some(b"13") {
-        let mut r = refuse(&node, Refusal::new(426, ErrorCode::BadRequest, "only WebSocket version 13 is supported", None));
-        r.headers_mut().insert("sec-websocket-version", http::HeaderValue::from_static("13"));
+    if req
+        .headers()
+        .get("sec-websocket-version")
+        .map(|v| v.as_bytes())
+        != Some(b"13")
+    {
+        let mut r = refuse(
+            &node,
+            Refusal::new(
+                426,
+                ErrorCode::BadRequest,
+                "only WebSocket version 13 is supported",
+                None,
+            ),
+        );
+        r.headers_mut().insert(
+            "sec-websocket-version",
+            http::HeaderValue::from_static("13"),
+        );
         return r;
     }
     // Count now so the cap holds across concurrent handshakes.
@@ -111,7 +183,15 @@ pub async fn connect(
     let guard = CountGuard(node.clone());
     if n > node.cfg.max_connections {
         drop(guard);
-        return refuse(&node, Refusal::new(503, ErrorCode::TooManyConnections, "this node is at its connection limit", Some(5)));
+        return refuse(
+            &node,
+            Refusal::new(
+                503,
+                ErrorCode::TooManyConnections,
+                "this node is at its connection limit",
+                Some(5),
+            ),
+        );
     }
     node.metrics.active_connections.set(n as i64);
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -128,7 +208,9 @@ pub async fn connect(
         let cfg = WebSocketConfig::default()
             .read_buffer_size(task_node.cfg.ws_read_buffer_bytes)
             .write_buffer_size(0)
-            .max_write_buffer_size(task_node.cfg.send_queue_bytes + task_node.cfg.max_message_bytes * 2)
+            .max_write_buffer_size(
+                task_node.cfg.send_queue_bytes + task_node.cfg.max_message_bytes * 2,
+            )
             .max_message_size(Some(task_node.cfg.max_message_bytes))
             .max_frame_size(Some(task_node.cfg.max_message_bytes));
         // Take the raw TCP stream back from hyper: its 8 KiB connection buffer is freed and
@@ -139,7 +221,13 @@ pub async fn connect(
                 if parts.read_buf.is_empty() {
                     WebSocketStream::from_raw_socket(tcp, Role::Server, Some(cfg)).await
                 } else {
-                    WebSocketStream::from_partially_read(tcp, parts.read_buf.to_vec(), Role::Server, Some(cfg)).await
+                    WebSocketStream::from_partially_read(
+                        tcp,
+                        parts.read_buf.to_vec(),
+                        Role::Server,
+                        Some(cfg),
+                    )
+                    .await
                 }
             }
             Err(_) => {
@@ -169,7 +257,8 @@ struct Bucket {
 impl Bucket {
     fn take(&mut self) -> bool {
         let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
+        self.tokens =
+            (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(self.burst);
         self.at = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
@@ -180,14 +269,24 @@ impl Bucket {
     }
 }
 
-async fn run(node: Arc<Node>, mut ws: WebSocketStream<TcpStream>, client_id: String, slot: u32, resume: Option<i64>, _guard: CountGuard) {
+async fn run(
+    node: Arc<Node>,
+    mut ws: WebSocketStream<TcpStream>,
+    client_id: String,
+    slot: u32,
+    resume: Option<i64>,
+    _guard: CountGuard,
+) {
     let conn = Arc::new(Conn::new(&client_id, node.cfg.send_queue_bytes));
     drop(client_id);
     if let Err(reason) = node.register(&conn, slot, resume) {
         let _ = close_with(&mut ws, reason).await;
         return;
     }
-    let _ = node.sessions.try_send(SessionEvent::Connected { client_id: conn.client_id.clone(), at_ms: rtc_common::telemetry::now_ms() });
+    let _ = node.sessions.try_send(SessionEvent::Connected {
+        client_id: conn.client_id.clone(),
+        at_ms: rtc_common::telemetry::now_ms(),
+    });
     let mut rooms: HashSet<Box<str>> = HashSet::new();
     let mut bucket = Bucket {
         tokens: f64::from(node.cfg.rate_limit_burst),
@@ -258,14 +357,22 @@ async fn run(node: Arc<Node>, mut ws: WebSocketStream<TcpStream>, client_id: Str
     };
     let rooms: Vec<Box<str>> = rooms.into_iter().collect();
     node.unregister(&conn, slot, &rooms);
-    let _ = node.sessions.try_send(SessionEvent::Disconnected { client_id: conn.client_id.clone() });
+    let _ = node.sessions.try_send(SessionEvent::Disconnected {
+        client_id: conn.client_id.clone(),
+    });
     if let Some(reason) = ended {
         let _ = close_with(&mut ws, reason).await;
     }
 }
 
-async fn close_with(ws: &mut WebSocketStream<TcpStream>, reason: CloseReason) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    let frame = CloseFrame { code: CloseCode::from(reason.code), reason: Utf8Bytes::from_static(reason.reason) };
+async fn close_with(
+    ws: &mut WebSocketStream<TcpStream>,
+    reason: CloseReason,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let frame = CloseFrame {
+        code: CloseCode::from(reason.code),
+        reason: Utf8Bytes::from_static(reason.reason),
+    };
     tokio::time::timeout(Duration::from_secs(2), async {
         ws.close(Some(frame)).await?;
         // Read until the client answers the close, so the close frame is not lost to a reset.
@@ -280,30 +387,55 @@ fn handle_frame(node: &Arc<Node>, conn: &Arc<Conn>, text: &str, rooms: &mut Hash
     let frame = match ClientFrame::parse(text) {
         Ok(f) => f,
         Err(e) => {
-            node.metrics.refused.with_label_values(&["bad_request"]).inc();
-            conn.push_unbounded(Utf8Bytes::from(ServerFrame::error(None, ErrorCode::BadRequest, &e.0)));
+            node.metrics
+                .refused
+                .with_label_values(&["bad_request"])
+                .inc();
+            conn.push_unbounded(Utf8Bytes::from(ServerFrame::error(
+                None,
+                ErrorCode::BadRequest,
+                &e.0,
+            )));
             return;
         }
     };
     let ack = |id: Option<&str>| {
         if let Some(id) = id {
-            conn.push_unbounded(Utf8Bytes::from(ServerFrame::Ack { id, offset: None }.to_json()));
+            conn.push_unbounded(Utf8Bytes::from(
+                ServerFrame::Ack { id, offset: None }.to_json(),
+            ));
         }
     };
     match frame {
         ClientFrame::Send { id, to, data } => {
-            let env = Envelope { from: &conn.client_id, id, room: None, data }.to_json();
+            let env = Envelope {
+                from: &conn.client_id,
+                id,
+                room: None,
+                data,
+            }
+            .to_json();
             let fut = relay::produce_direct(&node.producer, slot_of(to, node.slots), to, &env);
             confirm(node, conn, id, fut);
         }
         ClientFrame::Publish { id, room, data } => {
-            let env = Envelope { from: &conn.client_id, id, room: Some(room), data }.to_json();
+            let env = Envelope {
+                from: &conn.client_id,
+                id,
+                room: Some(room),
+                data,
+            }
+            .to_json();
             let fut = relay::produce_room(&node.producer, room, &env);
             confirm(node, conn, id, fut);
         }
         ClientFrame::Join { id, room } => {
             if !rooms.contains(room) && rooms.len() >= MAX_ROOMS_PER_CONN {
-                conn.push_unbounded(Utf8Bytes::from(ServerFrame::error(id, ErrorCode::BadRequest, "too many rooms for one connection")));
+                conn.push_unbounded(Utf8Bytes::from(ServerFrame::error(
+                    id,
+                    ErrorCode::BadRequest,
+                    "too many rooms for one connection",
+                )));
                 return;
             }
             rooms.insert(room.into());
@@ -315,7 +447,9 @@ fn handle_frame(node: &Arc<Node>, conn: &Arc<Conn>, text: &str, rooms: &mut Hash
             node.leave(room, conn);
             ack(id);
         }
-        ClientFrame::Ping { id } => conn.push_unbounded(Utf8Bytes::from(ServerFrame::Pong { id }.to_json())),
+        ClientFrame::Ping { id } => {
+            conn.push_unbounded(Utf8Bytes::from(ServerFrame::Pong { id }.to_json()))
+        }
     }
 }
 
@@ -324,14 +458,24 @@ fn confirm(
     node: &Arc<Node>,
     conn: &Arc<Conn>,
     id: &str,
-    fut: Result<impl std::future::Future<Output = relay::Produced> + Send + 'static, rdkafka::error::KafkaError>,
+    fut: Result<
+        impl std::future::Future<Output = relay::Produced> + Send + 'static,
+        rdkafka::error::KafkaError,
+    >,
 ) {
     let fut = match fut {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!(error = %e, "produce refused");
-            node.metrics.messages.with_label_values(&["send_failed"]).inc();
-            conn.push_unbounded(Utf8Bytes::from(ServerFrame::error(Some(id), ErrorCode::Overloaded, "the node cannot queue more messages now")));
+            node.metrics
+                .messages
+                .with_label_values(&["send_failed"])
+                .inc();
+            conn.push_unbounded(Utf8Bytes::from(ServerFrame::error(
+                Some(id),
+                ErrorCode::Overloaded,
+                "the node cannot queue more messages now",
+            )));
             return;
         }
     };
@@ -340,12 +484,23 @@ fn confirm(
         let frame = match fut.await {
             Ok(offset) => {
                 node.metrics.messages.with_label_values(&["sent"]).inc();
-                ServerFrame::Ack { id: &id, offset: Some(offset) }.to_json()
+                ServerFrame::Ack {
+                    id: &id,
+                    offset: Some(offset),
+                }
+                .to_json()
             }
             Err(e) => {
                 tracing::debug!(error = %e, "produce failed");
-                node.metrics.messages.with_label_values(&["send_failed"]).inc();
-                ServerFrame::error(Some(&id), ErrorCode::KafkaUnavailable, "Kafka did not confirm the message; retry")
+                node.metrics
+                    .messages
+                    .with_label_values(&["send_failed"])
+                    .inc();
+                ServerFrame::error(
+                    Some(&id),
+                    ErrorCode::KafkaUnavailable,
+                    "Kafka did not confirm the message; retry",
+                )
             }
         };
         conn.push_unbounded(Utf8Bytes::from(frame));

@@ -21,10 +21,15 @@ async fn direct_message_crosses_nodes_with_its_offset() {
     assert_eq!(bob.node, stack.nodes[1].id);
     assert!(alice.recovered);
 
-    alice.send("m1", &bob_id, json!({"text":"hi bob"})).await.unwrap();
+    alice
+        .send("m1", &bob_id, json!({"text":"hi bob"}))
+        .await
+        .unwrap();
     let ack = alice.until(T, |f| f["type"] == "ack").await.unwrap();
     assert_eq!(ack["id"], "m1");
-    let offset = ack["offset"].as_i64().expect("ack carries the Kafka offset");
+    let offset = ack["offset"]
+        .as_i64()
+        .expect("ack carries the Kafka offset");
     let msg = bob.until(T, |f| f["type"] == "msg").await.unwrap();
     assert_eq!(msg["from"], alice_id.as_str());
     assert_eq!(msg["id"], "m1");
@@ -40,25 +45,60 @@ async fn room_message_fans_out_to_members_on_every_node() {
     let ep = stack.endpoints();
     let mut members = Vec::new();
     for i in 0..3 {
-        let mut c = Client::connect(&ep, &stack.client_on(i, "member"), None, T).await.unwrap();
-        c.send_text(json!({"type":"join","id":"j","room":"lobby"}).to_string()).await.unwrap();
-        c.until(T, |f| f["type"] == "ack" && f["id"] == "j").await.unwrap();
+        let mut c = Client::connect(&ep, &stack.client_on(i, "member"), None, T)
+            .await
+            .unwrap();
+        c.send_text(json!({"type":"join","id":"j","room":"lobby"}).to_string())
+            .await
+            .unwrap();
+        c.until(T, |f| f["type"] == "ack" && f["id"] == "j")
+            .await
+            .unwrap();
         members.push(c);
     }
-    let mut outsider = Client::connect(&ep, &stack.client_on(2, "outsider"), None, T).await.unwrap();
-    members[0].send_text(json!({"type":"publish","id":"p1","room":"lobby","data":[1,2,3]}).to_string()).await.unwrap();
-    members[0].until(T, |f| f["type"] == "ack" && f["id"] == "p1").await.unwrap();
+    let mut outsider = Client::connect(&ep, &stack.client_on(2, "outsider"), None, T)
+        .await
+        .unwrap();
+    members[0]
+        .send_text(json!({"type":"publish","id":"p1","room":"lobby","data":[1,2,3]}).to_string())
+        .await
+        .unwrap();
+    members[0]
+        .until(T, |f| f["type"] == "ack" && f["id"] == "p1")
+        .await
+        .unwrap();
     for m in members.iter_mut() {
         let f = m.until(T, |f| f["type"] == "msg").await.unwrap();
-        assert_eq!((f["room"].as_str(), f["id"].as_str(), &f["data"]), (Some("lobby"), Some("p1"), &json!([1, 2, 3])));
+        assert_eq!(
+            (f["room"].as_str(), f["id"].as_str(), &f["data"]),
+            (Some("lobby"), Some("p1"), &json!([1, 2, 3]))
+        );
     }
     // Leaving stops delivery; an outsider never sees room traffic.
-    members[1].send_text(json!({"type":"leave","id":"l","room":"lobby"}).to_string()).await.unwrap();
-    members[1].until(T, |f| f["type"] == "ack" && f["id"] == "l").await.unwrap();
-    members[0].send_text(json!({"type":"publish","id":"p2","room":"lobby","data":2}).to_string()).await.unwrap();
-    members[2].until(T, |f| f["type"] == "msg" && f["id"] == "p2").await.unwrap();
-    assert!(members[1].next(Duration::from_millis(500)).await.is_err(), "a member that left gets nothing");
-    assert!(outsider.next(Duration::from_millis(100)).await.is_err(), "a non-member gets nothing");
+    members[1]
+        .send_text(json!({"type":"leave","id":"l","room":"lobby"}).to_string())
+        .await
+        .unwrap();
+    members[1]
+        .until(T, |f| f["type"] == "ack" && f["id"] == "l")
+        .await
+        .unwrap();
+    members[0]
+        .send_text(json!({"type":"publish","id":"p2","room":"lobby","data":2}).to_string())
+        .await
+        .unwrap();
+    members[2]
+        .until(T, |f| f["type"] == "msg" && f["id"] == "p2")
+        .await
+        .unwrap();
+    assert!(
+        members[1].next(Duration::from_millis(500)).await.is_err(),
+        "a member that left gets nothing"
+    );
+    assert!(
+        outsider.next(Duration::from_millis(100)).await.is_err(),
+        "a non-member gets nothing"
+    );
     stack.shutdown().await;
 }
 
@@ -70,7 +110,10 @@ async fn resume_delivers_exactly_the_missed_messages_in_order() {
     let mut alice = Client::connect(&ep, &alice_id, None, T).await.unwrap();
     let mut bob = Client::connect(&ep, &bob_id, None, T).await.unwrap();
     alice.send("first", &bob_id, json!(0)).await.unwrap();
-    alice.until(T, |f| f["type"] == "ack" && f["id"] == "first").await.unwrap();
+    alice
+        .until(T, |f| f["type"] == "ack" && f["id"] == "first")
+        .await
+        .unwrap();
     let first = bob.until(T, |f| f["type"] == "msg").await.unwrap();
     let resume = first["offset"].as_i64().unwrap();
     bob.ws.close(None).await.unwrap();
@@ -80,18 +123,29 @@ async fn resume_delivers_exactly_the_missed_messages_in_order() {
     for i in 1..=5 {
         let id = format!("m{i}");
         alice.send(&id, &bob_id, json!(i)).await.unwrap();
-        let ack = alice.until(T, |f| f["type"] == "ack" && f["id"] == id.as_str()).await.unwrap();
+        let ack = alice
+            .until(T, |f| f["type"] == "ack" && f["id"] == id.as_str())
+            .await
+            .unwrap();
         sent.push((format!("m{i}"), ack["offset"].as_i64().unwrap()));
     }
-    let mut bob = Client::connect(&ep, &bob_id, Some(resume), T).await.unwrap();
+    let mut bob = Client::connect(&ep, &bob_id, Some(resume), T)
+        .await
+        .unwrap();
     assert!(bob.recovered);
     let mut got = Vec::new();
     for _ in 0..5 {
         let f = bob.until(T, |f| f["type"] == "msg").await.unwrap();
-        got.push((f["id"].as_str().unwrap().to_string(), f["offset"].as_i64().unwrap()));
+        got.push((
+            f["id"].as_str().unwrap().to_string(),
+            f["offset"].as_i64().unwrap(),
+        ));
     }
     assert_eq!(got, sent, "exactly the missed messages, in order");
-    assert!(bob.next(Duration::from_millis(300)).await.is_err(), "nothing more");
+    assert!(
+        bob.next(Duration::from_millis(300)).await.is_err(),
+        "nothing more"
+    );
 
     // Live delivery continues after the replay, without duplicates.
     alice.send("live", &bob_id, json!("x")).await.unwrap();
@@ -100,11 +154,18 @@ async fn resume_delivers_exactly_the_missed_messages_in_order() {
 
     // Resuming from the middle replays only what follows.
     drop(bob);
-    let mut bob = Client::connect(&ep, &bob_id, Some(sent[2].1), T).await.unwrap();
+    let mut bob = Client::connect(&ep, &bob_id, Some(sent[2].1), T)
+        .await
+        .unwrap();
     let ids: Vec<String> = {
         let mut v = Vec::new();
         for _ in 0..3 {
-            v.push(bob.until(T, |f| f["type"] == "msg").await.unwrap()["id"].as_str().unwrap().to_string());
+            v.push(
+                bob.until(T, |f| f["type"] == "msg").await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
         }
         v
     };
@@ -117,7 +178,9 @@ async fn resume_past_the_history_says_not_recovered() {
     let stack = Stack::start(1, |c| c.history_max_messages = 3).await;
     let ep = stack.endpoints();
     let bob_id = stack.client_on(0, "bob");
-    let mut alice = Client::connect(&ep, &stack.client_on(0, "alice"), None, T).await.unwrap();
+    let mut alice = Client::connect(&ep, &stack.client_on(0, "alice"), None, T)
+        .await
+        .unwrap();
     let bob = Client::connect(&ep, &bob_id, None, T).await.unwrap();
     let start = bob.offset.unwrap();
     drop(bob);
@@ -125,7 +188,12 @@ async fn resume_past_the_history_says_not_recovered() {
     for i in 0..6 {
         let id = format!("m{i}");
         alice.send(&id, &bob_id, json!(i)).await.unwrap();
-        last = alice.until(T, |f| f["type"] == "ack" && f["id"] == id.as_str()).await.unwrap()["offset"].as_i64().unwrap();
+        last = alice
+            .until(T, |f| f["type"] == "ack" && f["id"] == id.as_str())
+            .await
+            .unwrap()["offset"]
+            .as_i64()
+            .unwrap();
     }
     // Let the owner consume everything, so the replay (not live delivery) is what is tested.
     let node = stack.nodes[0].node.clone();
@@ -140,9 +208,18 @@ async fn resume_past_the_history_says_not_recovered() {
     assert!(!bob.recovered, "six messages missed but only three kept");
     let mut ids = Vec::new();
     for _ in 0..3 {
-        ids.push(bob.until(T, |f| f["type"] == "msg").await.unwrap()["id"].as_str().unwrap().to_string());
+        ids.push(
+            bob.until(T, |f| f["type"] == "msg").await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
-    assert_eq!(ids, vec!["m3", "m4", "m5"], "what is kept is still replayed");
+    assert_eq!(
+        ids,
+        vec!["m3", "m4", "m5"],
+        "what is kept is still replayed"
+    );
     stack.shutdown().await;
 }
 
@@ -150,7 +227,9 @@ async fn resume_past_the_history_says_not_recovered() {
 async fn kafka_outage_gives_senders_retryable_errors_then_recovers() {
     let stack = Stack::start(1, |c| c.kafka_send_timeout_ms = 1500).await;
     let ep = stack.endpoints();
-    let mut alice = Client::connect(&ep, &stack.client_on(0, "alice"), None, T).await.unwrap();
+    let mut alice = Client::connect(&ep, &stack.client_on(0, "alice"), None, T)
+        .await
+        .unwrap();
     let bob_id = stack.client_on(0, "bob");
     alice.send("ok1", &bob_id, json!(1)).await.unwrap();
     alice.until(T, |f| f["type"] == "ack").await.unwrap();

@@ -42,12 +42,17 @@ pub fn init_logs() {
 }
 
 impl Stack {
-    pub async fn start(nodes: usize, tweak: impl Fn(&mut rtc_socket::config::Config) + Send + Sync + 'static) -> Stack {
+    pub async fn start(
+        nodes: usize,
+        tweak: impl Fn(&mut rtc_socket::config::Config) + Send + Sync + 'static,
+    ) -> Stack {
         init_logs();
         let redis = RedisServer::start().await.expect("redis starts");
         let kafka = Kafka::from_env(SLOTS).await.expect("kafka starts");
         let mut bcfg = rtc_balancer::config::Config::for_tests(&kafka.bootstrap, &redis.url);
         bcfg.shared.slots = SLOTS;
+        // Every node of an in-process stack shares one process: its CPU says nothing per node.
+        bcfg.cpu_per_pod = 1e6;
         let server = rtc_balancer::build(bcfg).await.expect("balancer builds");
         let balancer = server.addr;
         let bal = server.bal.clone();
@@ -84,10 +89,19 @@ impl Stack {
         (self.tweak)(&mut cfg);
         let socket = rtc_socket::build(cfg).await.expect("socket builds");
         let (id, addr, node) = (socket.node.id.clone(), socket.addr, socket.node.clone());
-        self.addrs.lock().unwrap().insert(id.clone(), addr.to_string());
+        self.addrs
+            .lock()
+            .unwrap()
+            .insert(id.clone(), addr.to_string());
         let cancel = CancellationToken::new();
         let join = tokio::spawn(socket.run(cancel.clone()));
-        self.nodes.push(NodeHandle { id, addr, node, cancel, join: Some(join) });
+        self.nodes.push(NodeHandle {
+            id,
+            addr,
+            node,
+            cancel,
+            join: Some(join),
+        });
         self.nodes.len() - 1
     }
 
@@ -102,28 +116,43 @@ impl Stack {
 
     pub fn endpoints(&self) -> Endpoints {
         let addrs = self.addrs.clone();
-        Endpoints { resolve: self.balancer.to_string(), ws: Arc::new(move |n| addrs.lock().unwrap().get(n).cloned()) }
+        Endpoints {
+            resolve: self.balancer.to_string(),
+            ws: Arc::new(move |n| addrs.lock().unwrap().get(n).cloned()),
+        }
     }
 
     /// Index of the node owning `client`'s slot in the balancer's ring.
     pub fn owner_of(&self, client: &str) -> Option<String> {
         let ring = self.bal.ring();
-        ring.owner(rtc_common::slot::slot_of(client, SLOTS)).map(str::to_string)
+        ring.owner(rtc_common::slot::slot_of(client, SLOTS))
+            .map(str::to_string)
     }
 
     /// Waits until the balancer's ring gives every slot to a running, non-draining node and
     /// every such node serves exactly its slots.
     pub async fn settle(&self) {
-        let live: Vec<&NodeHandle> = self.nodes.iter().filter(|h| h.join.is_some() && !h.node.draining.load(std::sync::atomic::Ordering::Relaxed)).collect();
+        let live: Vec<&NodeHandle> = self
+            .nodes
+            .iter()
+            .filter(|h| {
+                h.join.is_some() && !h.node.draining.load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .collect();
         let ids: Vec<String> = live.iter().map(|h| h.id.clone()).collect();
         rtc_devkit::wait_for("the ring to settle", Duration::from_secs(60), || {
             let ring = self.bal.ring();
             let ids = ids.clone();
-            let ok = ring.owners.iter().all(|o| o.as_ref().is_some_and(|o| ids.contains(o)))
+            let ok = ring
+                .owners
+                .iter()
+                .all(|o| o.as_ref().is_some_and(|o| ids.contains(o)))
                 && ids.iter().all(|id| !ring.slots_of(id).is_empty())
                 && live.iter().all(|h| {
                     let r = h.node.ring();
-                    r.epoch == ring.epoch && h.node.slots_in(Phase::Ready) == ring.slots_of(&h.id) && h.node.ready()
+                    r.epoch == ring.epoch
+                        && h.node.slots_in(Phase::Ready) == ring.slots_of(&h.id)
+                        && h.node.ready()
                 });
             async move { ok }
         })
@@ -134,7 +163,10 @@ impl Stack {
     /// A clientId whose slot the ring gives to node `i`.
     pub fn client_on(&self, i: usize, prefix: &str) -> String {
         let id = &self.nodes[i].id;
-        (0..100_000).map(|k| format!("{prefix}-{k}")).find(|c| self.owner_of(c).as_deref() == Some(id)).expect("some clientId lands on every node")
+        (0..100_000)
+            .map(|k| format!("{prefix}-{k}"))
+            .find(|c| self.owner_of(c).as_deref() == Some(id))
+            .expect("some clientId lands on every node")
     }
 
     pub async fn shutdown(mut self) {

@@ -1,0 +1,91 @@
+//! rtc-gateway settings: one flag and one env var each, defaults that work on a laptop.
+
+use clap::Parser;
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "rtc-gateway",
+    about = "Reactive RTC gateway (Pingora)",
+    version
+)]
+pub struct Config {
+    /// Public listener (clients connect here).
+    #[arg(long, env = "LISTEN_ADDR", default_value = "127.0.0.1:8080")]
+    pub listen_addr: String,
+    /// Admin listener: /healthz, /readyz, /routes, /metrics.
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: String,
+    /// Balancer addresses (`host:port`, comma separated) that serve /api/v1/resolve.
+    #[arg(
+        long,
+        env = "BALANCER_ADDRS",
+        default_value = "127.0.0.1:8081",
+        value_delimiter = ','
+    )]
+    pub balancer_addrs: Vec<String>,
+    /// How socket nodes are found: `local` (heartbeats in Redis).
+    #[arg(long, env = "DISCOVERY", default_value = "local")]
+    pub discovery: String,
+    /// Redis URL, for local discovery.
+    #[arg(long, env = "REDIS_URL", default_value = rtc_common::config::DEFAULT_REDIS_URL)]
+    pub redis_url: String,
+    /// How often discovery refreshes the route table, milliseconds.
+    #[arg(long, env = "DISCOVERY_INTERVAL_MS", default_value_t = 1000)]
+    pub discovery_interval_ms: u64,
+    /// A proxied WebSocket silent this long in both directions is closed, seconds.
+    #[arg(long, env = "WS_IDLE_TIMEOUT_SECS", default_value_t = 4 * 3600)]
+    pub ws_idle_timeout_secs: u64,
+    /// Most proxied WebSockets at once; above it upgrades get 503.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
+    pub max_connections: usize,
+    /// Worker threads of the public listener.
+    #[arg(long, env = "THREADS", default_value_t = 2)]
+    pub threads: usize,
+    /// On SIGTERM: seconds readiness fails before WebSockets are closed (so load balancers stop
+    /// sending new clients first).
+    #[arg(long, env = "SHUTDOWN_DELAY_SECS", default_value_t = 5)]
+    pub shutdown_delay_secs: u64,
+    /// On SIGTERM: seconds to wait for closed WebSockets to finish before exiting.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl Config {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !self.balancer_addrs.is_empty(),
+            "BALANCER_ADDRS must name at least one balancer"
+        );
+        for a in &self.balancer_addrs {
+            anyhow::ensure!(
+                a.parse::<std::net::SocketAddr>().is_ok(),
+                "BALANCER_ADDRS entry {a:?} is not host:port with an IP"
+            );
+        }
+        anyhow::ensure!(
+            self.discovery == "local",
+            "DISCOVERY={} is not available in this build; use `local` (Kubernetes discovery comes next)",
+            self.discovery
+        );
+        anyhow::ensure!(self.max_connections > 0, "MAX_CONNECTIONS must be positive");
+        anyhow::ensure!(self.threads > 0, "THREADS must be positive");
+        anyhow::ensure!(
+            self.ws_idle_timeout_secs > 0,
+            "WS_IDLE_TIMEOUT_SECS must be positive"
+        );
+        Ok(())
+    }
+
+    /// Defaults for tests: the given listeners and neighbours, short shutdown.
+    pub fn for_tests(listen: &str, admin: &str, balancer: &str, redis: &str) -> Self {
+        let mut c = Config::parse_from(["rtc-gateway"]);
+        c.listen_addr = listen.into();
+        c.admin_addr = admin.into();
+        c.balancer_addrs = vec![balancer.into()];
+        c.redis_url = redis.into();
+        c.discovery_interval_ms = 200;
+        c.shutdown_delay_secs = 0;
+        c.shutdown_grace_secs = 3;
+        c
+    }
+}

@@ -1,0 +1,80 @@
+//! How the gateway learns socket nodes. A trait, so Kubernetes discovery (pods or EndpointSlices,
+//! watched) can stand beside the local one (heartbeats in Redis).
+
+use crate::route::{Route, Routes};
+use async_trait::async_trait;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[async_trait]
+pub trait Discovery: Send + Sync {
+    /// The current table: every node the gateway may route to.
+    async fn routes(&self) -> anyhow::Result<HashMap<String, Route>>;
+}
+
+/// Socket nodes from their Redis heartbeats: address as advertised, ready unless draining or
+/// unready. A node whose heartbeat expired disappears.
+pub struct Local {
+    url: String,
+    conn: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+}
+
+impl Local {
+    pub fn new(url: &str) -> Self {
+        Local {
+            url: url.to_string(),
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+}
+
+#[async_trait]
+impl Discovery for Local {
+    async fn routes(&self) -> anyhow::Result<HashMap<String, Route>> {
+        let mut guard = self.conn.lock().await;
+        if guard.is_none() {
+            *guard = Some(rtc_common::store::connect(&self.url).await?);
+        }
+        let conn = guard.as_mut().expect("connected above");
+        let hbs = rtc_common::store::heartbeats(conn).await?;
+        Ok(hbs
+            .into_iter()
+            .filter_map(|h| {
+                // Never route to something that is not an IP:port we were told about.
+                let addr = h.addr.parse().ok()?;
+                Some((
+                    h.node_id,
+                    Route {
+                        addr,
+                        ready: h.ready && !h.draining,
+                    },
+                ))
+            })
+            .collect())
+    }
+}
+
+/// Refreshes `routes` from `discovery` every `interval` until `stop` says true. On errors the
+/// last table is kept (existing routes stay usable while Redis is away).
+pub async fn run(
+    discovery: Arc<dyn Discovery>,
+    routes: Arc<Routes>,
+    interval: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.changed() => if *stop.borrow() { return },
+            _ = tick.tick() => {}
+        }
+        match discovery.routes().await {
+            Ok(t) => routes.replace(t),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "discovery failed; keeping the last route table")
+            }
+        }
+    }
+}
