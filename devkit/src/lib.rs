@@ -5,6 +5,7 @@ pub mod client;
 pub mod kafka;
 pub mod proc;
 pub mod redis;
+pub mod stack;
 
 /// A port that was free a moment ago on 127.0.0.1 (for programs that cannot bind port 0 and
 /// report it back, like redis-server and tansu).

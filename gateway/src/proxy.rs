@@ -223,37 +223,78 @@ impl Proxy {
     }
 }
 
-/// Copies bytes both ways until either side closes or the gateway goes away; then the client
-/// gets a 1001 close frame at the next frame boundary.
+/// Copies bytes both ways until either side closes or the gateway goes away. Going away, the
+/// client gets a 1001 close frame at the next frame boundary; if the node's connection ends
+/// without a close frame, the client gets 1011 instead of a bare reset.
 async fn pump(
     gw: &Gateway,
     session: &mut Session,
     up: &mut tokio::net::TcpStream,
     tracker: &mut FrameTracker,
 ) {
+    let (code, reason, label) = match copy(gw, session, up, tracker).await {
+        End::GoingAway => (1001, "gateway shutting down", "closed_going_away"),
+        End::ClientIdle => (1001, "idle timeout", "closed_idle"),
+        End::NodeGone => (1011, "node connection lost", "closed_node_lost"),
+        End::ClientGone => return,
+    };
+    if !tracker.at_boundary() || tracker.close_seen() {
+        return;
+    }
+    let _ = session
+        .write_response_body(Some(tunnel::close_frame(code, reason)), false)
+        .await;
+    gw.metrics.upgrades.with_label_values(&[label]).inc();
+    let _ = up.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(Some(_)) = session.read_request_body().await {}
+    })
+    .await;
+}
+
+/// Why the copy loop stopped.
+enum End {
+    /// The gateway is going away (stopped at a frame boundary).
+    GoingAway,
+    /// The client closed or failed.
+    ClientGone,
+    /// The client sent nothing for WS_IDLE_TIMEOUT_SECS.
+    ClientIdle,
+    /// The node's side closed or failed.
+    NodeGone,
+}
+
+async fn copy(
+    gw: &Gateway,
+    session: &mut Session,
+    up: &mut tokio::net::TcpStream,
+    tracker: &mut FrameTracker,
+) -> End {
     let mut going_away = gw.going_away.subscribe();
     loop {
         let leaving = *going_away.borrow();
         if leaving && tracker.at_boundary() {
-            break;
+            return End::GoingAway;
         }
         tokio::select! {
             r = session.read_request_body() => match r {
                 Ok(Some(b)) => {
                     if up.write_all(&b).await.is_err() {
-                        return;
+                        return End::NodeGone;
                     }
                 }
-                _ => return,
+                Ok(None) => return End::ClientGone,
+                Err(e) if e.etype() == &pingora::ErrorType::ReadTimedout => return End::ClientIdle,
+                Err(_) => return End::ClientGone,
             },
             r = up.readable() => {
                 if r.is_err() {
-                    return;
+                    return End::NodeGone;
                 }
                 // Allocate only when data is there, so an idle tunnel holds no read buffer.
                 let mut buf = bytes::BytesMut::zeroed(16 * 1024);
                 match up.try_read(&mut buf) {
-                    Ok(0) => return,
+                    Ok(0) => return End::NodeGone,
                     Ok(n) => {
                         buf.truncate(n);
                         let mut data = buf.freeze();
@@ -261,35 +302,22 @@ async fn pump(
                             if let Some(end) = tracker.boundary_in(&data) {
                                 data.truncate(end);
                                 let _ = session.write_response_body(Some(data), false).await;
-                                break;
+                                return End::GoingAway;
                             }
                         } else {
                             tracker.feed(&data);
                         }
                         if session.write_response_body(Some(data), false).await.is_err() {
-                            return;
+                            return End::ClientGone;
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return,
+                    Err(_) => return End::NodeGone,
                 }
             }
             _ = going_away.changed() => {}
         }
     }
-    // Going away: close the client at a frame boundary, then wait briefly for its close.
-    let _ = session
-        .write_response_body(Some(tunnel::going_away_frame()), false)
-        .await;
-    let _ = up.shutdown().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Ok(Some(_)) = session.read_request_body().await {}
-    })
-    .await;
-    gw.metrics
-        .upgrades
-        .with_label_values(&["closed_going_away"])
-        .inc();
 }
 
 #[async_trait]

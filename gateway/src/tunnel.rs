@@ -24,11 +24,18 @@ pub struct FrameTracker {
     hdr: [u8; 14],
     hdr_len: usize,
     remaining: u64,
+    /// Whether the server sent a close frame.
+    closed: bool,
 }
 
 impl FrameTracker {
     pub fn at_boundary(&self) -> bool {
         self.hdr_len == 0 && self.remaining == 0
+    }
+
+    /// Whether a close frame went by (no frame may follow it).
+    pub fn close_seen(&self) -> bool {
+        self.closed
     }
 
     fn header_needed(&self) -> usize {
@@ -62,6 +69,7 @@ impl FrameTracker {
                     127 => u64::from_be_bytes(self.hdr[2..10].try_into().expect("8 bytes")),
                     n => u64::from(n),
                 };
+                self.closed |= self.hdr[0] & 0x0f == 0x8;
                 self.hdr_len = 0;
                 self.remaining = len;
                 break;
@@ -94,14 +102,13 @@ impl FrameTracker {
     }
 }
 
-/// A server close frame: code 1001 (going away) and a reason.
-pub fn going_away_frame() -> Bytes {
-    let reason = b"gateway shutting down";
+/// A server close frame with `code` and a short reason (under 124 bytes).
+pub fn close_frame(code: u16, reason: &str) -> Bytes {
     let mut f = Vec::with_capacity(4 + reason.len());
     f.push(0x88);
     f.push((2 + reason.len()) as u8);
-    f.extend_from_slice(&1001u16.to_be_bytes());
-    f.extend_from_slice(reason);
+    f.extend_from_slice(&code.to_be_bytes());
+    f.extend_from_slice(reason.as_bytes());
     Bytes::from(f)
 }
 
@@ -273,8 +280,11 @@ mod tests {
     }
 
     #[test]
-    fn going_away_is_a_valid_close_frame() {
-        let f = going_away_frame();
+    fn close_frames_are_valid_and_tracked() {
+        let f = close_frame(1001, "gateway shutting down");
+        let mut t = FrameTracker::default();
+        t.feed(&f);
+        assert!(t.at_boundary() && t.close_seen());
         assert_eq!(f[0], 0x88);
         assert_eq!(f[1] as usize, f.len() - 2);
         assert_eq!(u16::from_be_bytes([f[2], f[3]]), 1001);

@@ -365,22 +365,33 @@ async fn run(
     }
 }
 
+/// Sends a close frame, then half-closes and discards whatever the client still sends until it
+/// closes too. Dropping a socket with unread bytes (say, the rest of an oversized message) makes
+/// the kernel send a reset, which can overtake the close frame.
 async fn close_with(
     ws: &mut WebSocketStream<TcpStream>,
     reason: CloseReason,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let frame = CloseFrame {
         code: CloseCode::from(reason.code),
         reason: Utf8Bytes::from_static(reason.reason),
     };
-    tokio::time::timeout(Duration::from_secs(2), async {
-        ws.close(Some(frame)).await?;
-        // Read until the client answers the close, so the close frame is not lost to a reset.
-        while let Some(Ok(_)) = ws.next().await {}
-        Ok(())
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+    let tcp = ws.get_mut();
+    let _ = tcp.shutdown().await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let mut sink = [0u8; 4096];
+        let mut left = 4usize << 20;
+        while left > 0 {
+            match tcp.read(&mut sink).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
     })
-    .await
-    .unwrap_or(Ok(()))
+    .await;
+    Ok(())
 }
 
 fn handle_frame(node: &Arc<Node>, conn: &Arc<Conn>, text: &str, rooms: &mut HashSet<Box<str>>) {

@@ -1,12 +1,10 @@
 //! The user's path on real Redis and Kafka (RTC_TEST_KAFKA=mock|tansu): resolve → connect →
 //! send → receive across nodes, rooms, resume, Kafka outages.
 
-mod support;
-
 use rtc_devkit::client::Client;
+use rtc_devkit::stack::{self as support, Stack};
 use serde_json::json;
 use std::time::Duration;
-use support::Stack;
 
 const T: Duration = Duration::from_secs(20);
 

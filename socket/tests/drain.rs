@@ -1,14 +1,12 @@
 //! Draining a node while 200 clients exchange messages: every client ends on another node, no
 //! acked message is lost and none is delivered twice.
 
-mod support;
-
 use rtc_devkit::client::Client;
+use rtc_devkit::stack::{self as support, Stack};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::Stack;
 use tokio::sync::watch;
 
 #[derive(Default)]

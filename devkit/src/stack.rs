@@ -1,10 +1,9 @@
 //! An in-process stack on real Redis and Kafka: one balancer and N socket nodes on ephemeral
-//! ports, plus helpers to wait for the ring to settle.
-#![allow(dead_code)]
+//! ports, optionally a gateway in front, plus helpers to wait for the ring to settle.
 
-use rtc_devkit::client::Endpoints;
-use rtc_devkit::kafka::Kafka;
-use rtc_devkit::redis::RedisServer;
+use crate::client::Endpoints;
+use crate::kafka::Kafka;
+use crate::redis::RedisServer;
 use rtc_socket::node::{Node, Phase};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -140,7 +139,7 @@ impl Stack {
             })
             .collect();
         let ids: Vec<String> = live.iter().map(|h| h.id.clone()).collect();
-        rtc_devkit::wait_for("the ring to settle", Duration::from_secs(60), || {
+        crate::wait_for("the ring to settle", Duration::from_secs(60), || {
             let ring = self.bal.ring();
             let ids = ids.clone();
             let ok = ring
@@ -174,5 +173,96 @@ impl Stack {
             self.stop_node(i).await;
         }
         self.bal_cancel.cancel();
+    }
+}
+
+/// A gateway running on its own thread (Pingora runs its own runtimes), stopped on drop.
+pub struct GatewayHandle {
+    pub addr: String,
+    pub admin: String,
+    pub gw: Arc<rtc_gateway::Gateway>,
+    stop: tokio::sync::watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GatewayHandle {
+    /// Starts a gateway in front of `stack` and waits until it routes to every running node.
+    pub async fn start(
+        stack: &Stack,
+        tweak: impl FnOnce(&mut rtc_gateway::config::Config),
+    ) -> GatewayHandle {
+        let (addr, admin) = (
+            format!("127.0.0.1:{}", crate::free_port()),
+            format!("127.0.0.1:{}", crate::free_port()),
+        );
+        let mut cfg = rtc_gateway::config::Config::for_tests(
+            &addr,
+            &admin,
+            &stack.balancer.to_string(),
+            &stack.redis.url,
+        );
+        tweak(&mut cfg);
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let built =
+            rtc_gateway::build(cfg, rtc_gateway::Trigger::Manual(rx)).expect("gateway builds");
+        let gw = built.gw.clone();
+        let thread = std::thread::spawn(move || built.run());
+        let h = GatewayHandle {
+            addr,
+            admin,
+            gw,
+            stop,
+            thread: Some(thread),
+        };
+        let want: Vec<String> = stack
+            .nodes
+            .iter()
+            .filter(|n| n.join.is_some())
+            .map(|n| n.id.clone())
+            .collect();
+        let routes = h.gw.routes.clone();
+        crate::wait_for(
+            "the gateway to route to every node",
+            Duration::from_secs(30),
+            || {
+                let ok = want
+                    .iter()
+                    .all(|n| matches!(routes.lookup(n), rtc_gateway::route::Lookup::Ready(_)));
+                async move { ok }
+            },
+        )
+        .await
+        .expect("gateway sees the nodes");
+        let admin = h.admin.clone();
+        crate::wait_for("the gateway admin port", Duration::from_secs(30), || {
+            let admin = admin.clone();
+            async move {
+                crate::client::http_get(&admin, "/readyz")
+                    .await
+                    .is_ok_and(|r| r.status == 200)
+            }
+        })
+        .await
+        .expect("gateway ready");
+        h
+    }
+
+    /// Starts the shutdown sequence (as SIGTERM would) and waits for the gateway to exit.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+
+    /// Starts the shutdown sequence without waiting.
+    pub fn trigger_shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for GatewayHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
     }
 }
