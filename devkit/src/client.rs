@@ -125,8 +125,9 @@ pub struct Client {
     pub recovered: bool,
     /// The resume point: offset of the newest direct message received (or the welcome's).
     pub offset: Option<i64>,
-    /// Set when the server sent `move`.
+    /// Set when the server sent `move`, with the delay it asked for.
     pub moved: bool,
+    pub move_delay_ms: u64,
 }
 
 /// One refusal while connecting, with its status and body.
@@ -195,6 +196,7 @@ impl Client {
             recovered: false,
             offset: resume,
             moved: false,
+            move_delay_ms: 0,
         };
         let welcome = c
             .next_raw(Duration::from_secs(10))
@@ -297,7 +299,10 @@ impl Client {
                         self.offset = Some(self.offset.map_or(o, |x| x.max(o)));
                     }
                 }
-                Some("move") => self.moved = true,
+                Some("move") => {
+                    self.moved = true;
+                    self.move_delay_ms = v["delayMs"].as_u64().unwrap_or(0);
+                }
                 _ => {}
             }
         }

@@ -1,1 +1,203 @@
-fn main() {}
+//! rtc-local: the whole system on one machine — Redis, Kafka (embedded mock cluster, or the
+//! broker in KAFKA_BOOTSTRAP), one balancer, N socket nodes and the gateway, each a child process
+//! with its log lines prefixed. Ctrl-C stops everything, children first.
+
+use anyhow::Context;
+use clap::Parser;
+use rtc_devkit::client::http_get;
+use rtc_devkit::proc::Owned;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[derive(Parser, Debug)]
+#[command(name = "rtc-local", about = "Run Reactive RTC locally", version)]
+struct Args {
+    /// Socket nodes to start.
+    #[arg(long, env = "NODES", default_value_t = 3)]
+    nodes: usize,
+    /// Public gateway port (clients connect here).
+    #[arg(long, env = "GATEWAY_PORT", default_value_t = 8080)]
+    gateway_port: u16,
+    /// Gateway admin port.
+    #[arg(long, env = "GATEWAY_ADMIN_PORT", default_value_t = 9090)]
+    admin_port: u16,
+    /// Balancer port.
+    #[arg(long, env = "BALANCER_PORT", default_value_t = 8081)]
+    balancer_port: u16,
+    /// First socket node port; node i listens on this + i.
+    #[arg(long, env = "SOCKET_BASE_PORT", default_value_t = 8090)]
+    socket_base_port: u16,
+    /// An external Kafka; when unset an embedded mock cluster runs inside this process.
+    #[arg(long, env = "KAFKA_BOOTSTRAP")]
+    kafka_bootstrap: Option<String>,
+    /// An external Redis; when unset a redis-server is started (installed with apt if missing).
+    #[arg(long, env = "REDIS_URL")]
+    redis_url: Option<String>,
+    /// Slots (partitions of rtc.deliver).
+    #[arg(long, env = "SLOTS", default_value_t = rtc_common::slot::DEFAULT_SLOTS)]
+    slots: u32,
+}
+
+const COLORS: [&str; 6] = ["36", "33", "35", "32", "34", "31"];
+
+/// Starts `bin` from the same directory as this executable, prefixing its output.
+fn spawn(name: &str, color: &str, bin: &str, envs: &[(&str, String)]) -> anyhow::Result<Owned> {
+    let dir: PathBuf = std::env::current_exe()?
+        .parent()
+        .context("executable has a directory")?
+        .to_path_buf();
+    let path = dir.join(bin);
+    anyhow::ensure!(
+        path.is_file(),
+        "{} not built; run scripts/local.sh (it builds every binary first)",
+        path.display()
+    );
+    let mut child = Command::new(&path)
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {bin}"))?;
+    let prefix = format!("\x1b[{color}m{name:>9}\x1b[0m |");
+    for out in [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as _),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let prefix = prefix.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                println!("{prefix} {line}");
+            }
+        });
+    }
+    Ok(Owned(child))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    rtc_common::telemetry::init("local");
+    let cancel = rtc_common::telemetry::shutdown_on_signal();
+    let _redis;
+    let redis_url = match &args.redis_url {
+        Some(u) => u.clone(),
+        None => {
+            let r = rtc_devkit::redis::RedisServer::start()
+                .await
+                .context("starting redis-server")?;
+            let url = r.url.clone();
+            _redis = r;
+            url
+        }
+    };
+    let _kafka;
+    let kafka = match &args.kafka_bootstrap {
+        Some(b) => b.clone(),
+        None => {
+            let k = rtc_devkit::kafka::Kafka::mock(args.slots)
+                .context("starting the embedded Kafka mock cluster")?;
+            let b = k.bootstrap.clone();
+            _kafka = k;
+            b
+        }
+    };
+    let shared = |extra: Vec<(&'static str, String)>| -> Vec<(&'static str, String)> {
+        let mut v = vec![
+            ("KAFKA_BOOTSTRAP", kafka.clone()),
+            ("REDIS_URL", redis_url.clone()),
+            ("SLOTS", args.slots.to_string()),
+        ];
+        v.extend(extra);
+        v
+    };
+    let balancer = format!("127.0.0.1:{}", args.balancer_port);
+    let mut children = vec![spawn(
+        "balancer",
+        COLORS[0],
+        "rtc-balancer",
+        &shared(vec![("LISTEN_ADDR", balancer.clone())]),
+    )?];
+    for i in 0..args.nodes {
+        let listen = format!("127.0.0.1:{}", args.socket_base_port + i as u16);
+        let env = shared(vec![
+            ("NODE_ID", format!("socket-{i}")),
+            ("LISTEN_ADDR", listen),
+            ("DRAIN_DURATION", "30".into()),
+        ]);
+        children.push(spawn(
+            &format!("socket-{i}"),
+            COLORS[(i + 1) % COLORS.len()],
+            "rtc-socket",
+            &env,
+        )?);
+    }
+    let gateway = format!("127.0.0.1:{}", args.gateway_port);
+    let admin = format!("127.0.0.1:{}", args.admin_port);
+    children.push(spawn(
+        "gateway",
+        COLORS[5],
+        "rtc-gateway",
+        &[
+            ("LISTEN_ADDR", gateway.clone()),
+            ("ADMIN_ADDR", admin.clone()),
+            ("BALANCER_ADDRS", balancer.clone()),
+            ("REDIS_URL", redis_url.clone()),
+            ("SHUTDOWN_DELAY_SECS", "0".into()),
+        ],
+    )?);
+
+    let nodes = args.nodes;
+    let probe = async {
+        rtc_devkit::wait_for("the stack", Duration::from_secs(120), || {
+            let (admin, balancer) = (admin.clone(), balancer.clone());
+            async move {
+                let ring = http_get(&balancer, "/readyz")
+                    .await
+                    .is_ok_and(|r| r.status == 200);
+                let gw = http_get(&admin, "/routes")
+                    .await
+                    .ok()
+                    .and_then(|r| serde_json_len(&r.body));
+                ring && gw.is_some_and(|n| n >= nodes)
+            }
+        })
+        .await
+    };
+    tokio::select! {
+        r = probe => match r {
+            Ok(()) => println!(
+                "\n  Reactive RTC is up.\n  Open      http://{gateway}/  (demo page)\n  Resolve   http://{gateway}/api/v1/resolve?clientId=alice\n  Connect   ws://{gateway}/ws/<nodeId>/connect?clientId=…&token=…\n  Admin     http://{admin}/routes  /metrics\n  Kafka     {kafka}   Redis {redis_url}\n  Ctrl-C stops everything.\n"
+            ),
+            Err(e) => eprintln!("the stack did not come up: {e}"),
+        },
+        _ = cancel.cancelled() => {}
+    }
+    cancel.cancelled().await;
+    println!("stopping…");
+    // Gateway first (closes client sockets), then nodes, then the balancer; Kafka and Redis last.
+    for c in children.iter().rev() {
+        c.signal(15);
+    }
+    for mut c in children.into_iter().rev() {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        while std::time::Instant::now() < deadline && matches!(c.0.try_wait(), Ok(None)) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(c);
+    }
+    Ok(())
+}
+
+/// Number of entries in a JSON object, if `s` is one.
+fn serde_json_len(s: &str) -> Option<usize> {
+    let v: serde_json::Value = serde_json::from_str(s).ok()?;
+    v.as_object().map(|o| o.len())
+}
