@@ -64,7 +64,7 @@ pub async fn publish(producer: &FutureProducer, ring: &Ring) -> anyhow::Result<(
 pub async fn run(
     bal: Arc<Balancer>,
     mut redis: ConnectionManager,
-    producer: FutureProducer,
+    mut producer: FutureProducer,
     cancel: CancellationToken,
 ) {
     let cfg = &bal.cfg;
@@ -104,6 +104,24 @@ pub async fn run(
         if let Err(e) = publish(&producer, &ring).await {
             // Not applied locally either: resolve must never hand out an epoch nodes cannot see.
             tracing::warn!(error = %e, epoch = ring.epoch, "ring not published; will retry");
+            if let Some(why) = e
+                .downcast_ref()
+                .and_then(|k| rtc_common::kafka::needs_new_producer(&producer, k))
+            {
+                // An idempotent producer that hit a fatal error never recovers: start afresh.
+                match rtc_common::kafka::producer_config(
+                    &cfg.shared.kafka_bootstrap,
+                    Duration::from_secs(5),
+                )
+                .create()
+                {
+                    Ok(p) => {
+                        producer = p;
+                        tracing::warn!(reason = %why, "ring producer replaced after a fatal error");
+                    }
+                    Err(e) => tracing::error!(error = %e, "could not replace the ring producer"),
+                }
+            }
             continue;
         }
         if let Err(e) = store::put_ring(&mut redis, &ring).await {

@@ -40,6 +40,29 @@ pub fn producer_config(bootstrap: &str, timeout: Duration) -> ClientConfig {
     c
 }
 
+/// Whether `producer` must be replaced after `err`: it hit a fatal error, or the broker refused
+/// its producer id or epoch (fenced, epoch bumped elsewhere, id expired, sequence broken). An
+/// idempotent producer in that state fails every later send; a new one gets a new producer id.
+/// (Seen with tansu 0.6: after a request timeout librdkafka bumps the epoch and every later send
+/// fails with ProducerFenced, without librdkafka marking the producer fatal.)
+pub fn needs_new_producer(
+    producer: &rdkafka::producer::FutureProducer,
+    err: &rdkafka::error::KafkaError,
+) -> Option<String> {
+    use rdkafka::producer::Producer;
+    if let Some((code, reason)) = producer.client().fatal_error() {
+        return Some(format!("fatal {code:?}: {reason}"));
+    }
+    match err.rdkafka_error_code()? {
+        c @ (RDKafkaErrorCode::ProducerFenced
+        | RDKafkaErrorCode::InvalidProducerEpoch
+        | RDKafkaErrorCode::UnknownProducerId
+        | RDKafkaErrorCode::InvalidProducerIdMapping
+        | RDKafkaErrorCode::OutOfOrderSequenceNumber) => Some(format!("{c:?}")),
+        _ => None,
+    }
+}
+
 /// A consumer used only with manual assignment: no group membership, no commits.
 pub fn assigned_consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
     let mut c = base_config(bootstrap);

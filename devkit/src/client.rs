@@ -74,6 +74,9 @@ fn query_escape(s: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Maps a nodeId to the `host:port` its WebSocket path is opened on.
+pub type NodeAddr = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
 /// Where a client resolves, and how it reaches a node's WebSocket URL.
 #[derive(Clone)]
 pub struct Endpoints {
@@ -81,7 +84,7 @@ pub struct Endpoints {
     pub resolve: String,
     /// `host:port` to open `/ws/<node>/connect` on, given the nodeId (the gateway for every
     /// node, or a node's own address in tests without a gateway).
-    pub ws: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub ws: NodeAddr,
 }
 
 impl Endpoints {

@@ -172,7 +172,7 @@ impl Socket {
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let producer = node.producer.clone();
+        let producer = node.producer();
         let _ = tokio::task::spawn_blocking(move || {
             use rdkafka::producer::Producer;
             producer.flush(Duration::from_secs(5))

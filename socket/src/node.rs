@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::conn::{CloseReason, Conn};
 use crate::history::{Entry, History};
 use crate::metrics::Metrics;
+use rdkafka::producer::FutureProducer;
 use rtc_common::protocol::{close, ErrorCode, ServerFrame};
 use rtc_common::ring::Ring;
 use std::collections::{BTreeSet, HashMap};
@@ -80,11 +81,8 @@ pub struct Registered {
     pub recovered: bool,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DrainState {
-    Idle,
-    Draining,
-}
+/// Local members of each room, by connection id.
+type Rooms = HashMap<Box<str>, HashMap<u64, Arc<Conn>>>;
 
 pub struct Node {
     pub cfg: Config,
@@ -93,7 +91,7 @@ pub struct Node {
     pub secret: Vec<u8>,
     ring: RwLock<Arc<Ring>>,
     table: Vec<Mutex<Slot>>,
-    rooms: Mutex<HashMap<Box<str>, HashMap<u64, Arc<Conn>>>>,
+    rooms: Mutex<Rooms>,
     pub connections: AtomicUsize,
     pub draining: AtomicBool,
     pub drain_started: Mutex<Option<Instant>>,
@@ -106,7 +104,8 @@ pub struct Node {
     pub delivered_window: AtomicU64,
     /// Cancelled when the node shuts down: every connection closes with 1001.
     pub cancel: CancellationToken,
-    pub producer: rdkafka::producer::FutureProducer,
+    producer: arc_swap::ArcSwap<FutureProducer>,
+    renewing: Mutex<()>,
     pub sessions: tokio::sync::mpsc::Sender<crate::session::SessionEvent>,
 }
 
@@ -114,7 +113,7 @@ impl Node {
     pub fn new(
         cfg: Config,
         id: String,
-        producer: rdkafka::producer::FutureProducer,
+        producer: FutureProducer,
         sessions: tokio::sync::mpsc::Sender<crate::session::SessionEvent>,
         cancel: CancellationToken,
     ) -> Self {
@@ -150,9 +149,43 @@ impl Node {
             ),
             delivered_window: AtomicU64::new(0),
             cancel,
-            producer,
+            producer: arc_swap::ArcSwap::from_pointee(producer),
+            renewing: Mutex::new(()),
             sessions,
             cfg,
+        }
+    }
+
+    /// The current Kafka producer.
+    pub fn producer(&self) -> Arc<FutureProducer> {
+        self.producer.load_full()
+    }
+
+    /// After a failed send: if `used` can no longer produce (see `kafka::needs_new_producer`),
+    /// replace it with a new producer, once.
+    pub fn renew_producer_if_broken(
+        &self,
+        used: &Arc<FutureProducer>,
+        err: &rdkafka::error::KafkaError,
+    ) {
+        let Some(why) = rtc_common::kafka::needs_new_producer(used.as_ref(), err) else {
+            return;
+        };
+        let _one = self.renewing.lock().expect("renew lock is never poisoned");
+        if !Arc::ptr_eq(&self.producer.load(), used) {
+            return;
+        }
+        match rtc_common::kafka::producer_config(
+            &self.cfg.shared.kafka_bootstrap,
+            self.cfg.kafka_send_timeout(),
+        )
+        .create::<FutureProducer>()
+        {
+            Ok(p) => {
+                self.producer.store(Arc::new(p));
+                tracing::warn!(reason = %why, "Kafka producer hit a fatal error; replaced it");
+            }
+            Err(e) => tracing::error!(error = %e, "could not replace the failed Kafka producer"),
         }
     }
 

@@ -426,8 +426,9 @@ fn handle_frame(node: &Arc<Node>, conn: &Arc<Conn>, text: &str, rooms: &mut Hash
                 data,
             }
             .to_json();
-            let fut = relay::produce_direct(&node.producer, slot_of(to, node.slots), to, &env);
-            confirm(node, conn, id, fut);
+            let producer = node.producer();
+            let fut = relay::produce_direct(&producer, slot_of(to, node.slots), to, &env);
+            confirm(node, conn, id, producer, fut);
         }
         ClientFrame::Publish { id, room, data } => {
             let env = Envelope {
@@ -437,8 +438,9 @@ fn handle_frame(node: &Arc<Node>, conn: &Arc<Conn>, text: &str, rooms: &mut Hash
                 data,
             }
             .to_json();
-            let fut = relay::produce_room(&node.producer, room, &env);
-            confirm(node, conn, id, fut);
+            let producer = node.producer();
+            let fut = relay::produce_room(&producer, room, &env);
+            confirm(node, conn, id, producer, fut);
         }
         ClientFrame::Join { id, room } => {
             if !rooms.contains(room) && rooms.len() >= MAX_ROOMS_PER_CONN {
@@ -469,6 +471,7 @@ fn confirm(
     node: &Arc<Node>,
     conn: &Arc<Conn>,
     id: &str,
+    producer: Arc<rdkafka::producer::FutureProducer>,
     fut: Result<
         impl std::future::Future<Output = relay::Produced> + Send + 'static,
         rdkafka::error::KafkaError,
@@ -478,6 +481,7 @@ fn confirm(
         Ok(f) => f,
         Err(e) => {
             tracing::debug!(error = %e, "produce refused");
+            node.renew_producer_if_broken(&producer, &e);
             node.metrics
                 .messages
                 .with_label_values(&["send_failed"])
@@ -503,6 +507,7 @@ fn confirm(
             }
             Err(e) => {
                 tracing::debug!(error = %e, "produce failed");
+                node.renew_producer_if_broken(&producer, &e);
                 node.metrics
                     .messages
                     .with_label_values(&["send_failed"])

@@ -94,15 +94,12 @@ async fn drain_moves_every_client_and_loses_nothing() {
         t.await.unwrap();
     }
 
-    let l = ledger.lock().unwrap();
-    let report = l.report();
+    let (report, lost) = {
+        let l = ledger.lock().unwrap();
+        (l.report(), l.lost())
+    };
     eprintln!("drain: {report:?} clients-on-drained-node {on_drained}");
-    settled.unwrap_or_else(|e| {
-        panic!(
-            "{e}; lost: {:?}",
-            l.lost().iter().take(10).collect::<Vec<_>>()
-        )
-    });
+    settled.unwrap_or_else(|e| panic!("{e}; lost: {:?}", lost.iter().take(10).collect::<Vec<_>>()));
     assert!(report.acked > 500, "the clients really exchanged messages");
     assert_eq!(
         (report.lost, report.duplicated, report.connect_failures),
@@ -125,6 +122,5 @@ async fn drain_moves_every_client_and_loses_nothing() {
             .load(std::sync::atomic::Ordering::Relaxed),
         0
     );
-    drop(l);
     stack.shutdown().await;
 }
