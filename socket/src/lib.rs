@@ -75,8 +75,8 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     } else {
         let why = if node.draining.load(Ordering::Relaxed) {
             "draining"
-        } else if !node.has_ring.load(Ordering::Relaxed) {
-            "no ring yet"
+        } else if !node.serving() {
+            "starting: no ring yet or rooms reader not placed"
         } else {
             "Redis unreachable"
         };

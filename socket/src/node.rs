@@ -96,6 +96,8 @@ pub struct Node {
     pub draining: AtomicBool,
     pub drain_started: Mutex<Option<Instant>>,
     pub has_ring: AtomicBool,
+    /// The rooms reader is positioned: room messages published from now on reach this node.
+    pub rooms_ready: AtomicBool,
     pub redis_ok: AtomicBool,
     /// Wakes the deliver consumer to re-assign partitions.
     pub reassign: Notify,
@@ -141,6 +143,7 @@ impl Node {
             draining: AtomicBool::new(false),
             drain_started: Mutex::new(None),
             has_ring: AtomicBool::new(false),
+            rooms_ready: AtomicBool::new(false),
             redis_ok: AtomicBool::new(false),
             reassign: Notify::new(),
             latency_us: Mutex::new(
@@ -207,6 +210,11 @@ impl Node {
         !self.draining.load(Ordering::Relaxed)
             && self.has_ring.load(Ordering::Relaxed)
             && self.redis_ok.load(Ordering::Relaxed)
+    }
+
+    /// Whether the node can serve clients at all: it has a ring and its rooms reader is placed.
+    pub fn serving(&self) -> bool {
+        self.has_ring.load(Ordering::Relaxed) && self.rooms_ready.load(Ordering::Relaxed)
     }
 
     /// Applies `ring` if it is newer than the one we have. Slots we gain start loading; slots we

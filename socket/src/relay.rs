@@ -152,21 +152,44 @@ async fn reassign(node: &Arc<Node>, consumer: &Arc<StreamConsumer>) -> anyhow::R
     Ok(())
 }
 
-/// Reads every partition of `rtc.rooms` from now on and fans out to local members.
+/// Reads every partition of `rtc.rooms` from now on and fans out to local members. "Now" is the
+/// high watermark read from the broker before assigning (not `Offset::End`, which librdkafka
+/// resolves lazily at the first fetch and could place after a message published once the node
+/// said it was ready); the node takes no client before this is done.
 pub async fn run_rooms(
     node: Arc<Node>,
     bootstrap: String,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer: StreamConsumer =
+    let consumer: Arc<StreamConsumer> = Arc::new(
         kafka::assigned_consumer_config(&bootstrap, &format!("rtc-rooms-{}", node.id))
             .set("enable.partition.eof", "false")
-            .create()?;
-    let mut tpl = TopicPartitionList::new();
-    for p in 0..ROOMS_PARTITIONS {
-        tpl.add_partition_offset(ROOMS_TOPIC, p, Offset::End)?;
-    }
+            .create()?,
+    );
+    let tpl = loop {
+        let c = consumer.clone();
+        let ends = tokio::task::spawn_blocking(move || {
+            let mut tpl = TopicPartitionList::new();
+            for p in 0..ROOMS_PARTITIONS {
+                let (_, high) = c.fetch_watermarks(ROOMS_TOPIC, p, Duration::from_secs(5))?;
+                tpl.add_partition_offset(ROOMS_TOPIC, p, Offset::Offset(high))?;
+            }
+            Ok::<_, KafkaError>(tpl)
+        });
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            r = ends => match r? {
+                Ok(tpl) => break tpl,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read rtc.rooms positions yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    };
     consumer.assign(&tpl)?;
+    node.rooms_ready
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),

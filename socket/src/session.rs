@@ -91,7 +91,7 @@ pub async fn run_heartbeat(
             cpu,
             mem_bytes: mem,
             draining,
-            ready: !draining && node.has_ring.load(Ordering::Relaxed),
+            ready: !draining && node.serving(),
             slots: node.owned().into_iter().collect(),
             epoch: node.ring().epoch,
             ts_ms: rtc_common::telemetry::now_ms(),
