@@ -54,15 +54,16 @@ impl Metrics {
             )
             .unwrap(),
         };
-        for c in [
-            Box::new(m.ring_nodes.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.is_leader.clone()),
-            Box::new(m.epoch.clone()),
-            Box::new(m.resolves.clone()),
-            Box::new(m.moves.clone()),
-        ] {
-            m.registry.register(c).expect("metric names are unique");
-        }
+        rtc_common::telemetry::register(
+            &m.registry,
+            vec![
+                Box::new(m.ring_nodes.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(m.is_leader.clone()),
+                Box::new(m.epoch.clone()),
+                Box::new(m.resolves.clone()),
+                Box::new(m.moves.clone()),
+            ],
+        );
         m
     }
 }
@@ -148,12 +149,10 @@ async fn readyz(State(bal): State<Arc<Balancer>>) -> Response {
 }
 
 async fn metrics(State(bal): State<Arc<Balancer>>) -> Response {
-    use prometheus::Encoder;
-    let mut buf = Vec::new();
-    let _ = prometheus::TextEncoder::new().encode(&bal.metrics.registry.gather(), &mut buf);
+    let body = rtc_common::telemetry::render(&bal.metrics.registry);
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        buf,
+        body,
     )
         .into_response()
 }

@@ -79,17 +79,3 @@ pub fn refusal(
     }
     r
 }
-
-/// Renders the default Prometheus registry in text format.
-pub fn metrics_response() -> axum::response::Response {
-    use prometheus::Encoder;
-    let mut buf = Vec::new();
-    let enc = prometheus::TextEncoder::new();
-    let _ = enc.encode(&prometheus::gather(), &mut buf);
-    let mut r = axum::response::Response::new(axum::body::Body::from(buf));
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    r
-}

@@ -42,3 +42,21 @@ pub fn now_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Registers every collector in `registry` (names are static, so a clash is a bug).
+pub fn register(
+    registry: &prometheus::Registry,
+    collectors: Vec<Box<dyn prometheus::core::Collector>>,
+) {
+    for c in collectors {
+        registry.register(c).expect("metric names are unique");
+    }
+}
+
+/// `registry` in Prometheus text format.
+pub fn render(registry: &prometheus::Registry) -> String {
+    use prometheus::Encoder;
+    let mut buf = Vec::new();
+    let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}

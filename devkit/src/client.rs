@@ -21,15 +21,21 @@ pub struct HttpReply {
     pub body: String,
 }
 
-/// `GET http://{addr}{path_and_query}` over a fresh HTTP/1.1 connection.
-pub async fn http_get(addr: &str, path_and_query: &str) -> anyhow::Result<HttpReply> {
+/// One request with an empty body over a fresh HTTP/1.1 connection.
+async fn http_request(
+    method: http::Method,
+    addr: &str,
+    path_and_query: &str,
+) -> anyhow::Result<HttpReply> {
     let stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("connecting to {addr}"))?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
-    let req = http::Request::get(path_and_query)
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path_and_query)
         .header(http::header::HOST, addr)
         .body(Empty::<bytes::Bytes>::new())?;
     let resp = sender.send_request(req).await?;
@@ -47,25 +53,14 @@ pub async fn http_get(addr: &str, path_and_query: &str) -> anyhow::Result<HttpRe
     })
 }
 
+/// `GET http://{addr}{path_and_query}`.
+pub async fn http_get(addr: &str, path_and_query: &str) -> anyhow::Result<HttpReply> {
+    http_request(http::Method::GET, addr, path_and_query).await
+}
+
 /// `POST http://{addr}{path}` with an empty body.
 pub async fn http_post(addr: &str, path: &str) -> anyhow::Result<HttpReply> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = http::Request::post(path)
-        .header(http::header::HOST, addr)
-        .body(Empty::<bytes::Bytes>::new())?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await?.to_bytes();
-    Ok(HttpReply {
-        status,
-        retry_after: None,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    })
+    http_request(http::Method::POST, addr, path).await
 }
 
 fn query_escape(s: &str) -> String {

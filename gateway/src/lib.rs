@@ -58,22 +58,20 @@ impl Metrics {
             )
             .unwrap(),
         };
-        for c in [
-            Box::new(m.active.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.upgrades.clone()),
-            Box::new(m.refused.clone()),
-            Box::new(m.requests.clone()),
-        ] {
-            m.registry.register(c).expect("metric names are unique");
-        }
+        rtc_common::telemetry::register(
+            &m.registry,
+            vec![
+                Box::new(m.active.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(m.upgrades.clone()),
+                Box::new(m.refused.clone()),
+                Box::new(m.requests.clone()),
+            ],
+        );
         m
     }
 
     pub fn render(&self) -> String {
-        use prometheus::Encoder;
-        let mut buf = Vec::new();
-        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        rtc_common::telemetry::render(&self.registry)
     }
 }
 

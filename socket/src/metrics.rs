@@ -83,27 +83,25 @@ impl Metrics {
             .unwrap(),
             registry,
         };
-        for c in [
-            Box::new(m.active_connections.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(m.latency.clone()),
-            Box::new(m.messages.clone()),
-            Box::new(m.refused.clone()),
-            Box::new(m.closed.clone()),
-            Box::new(m.drain_remaining.clone()),
-            Box::new(m.drain_time.clone()),
-            Box::new(m.owned_slots.clone()),
-            Box::new(m.ring_epoch.clone()),
-            Box::new(m.moves.clone()),
-        ] {
-            m.registry.register(c).expect("metric names are unique");
-        }
+        rtc_common::telemetry::register(
+            &m.registry,
+            vec![
+                Box::new(m.active_connections.clone()) as Box<dyn prometheus::core::Collector>,
+                Box::new(m.latency.clone()),
+                Box::new(m.messages.clone()),
+                Box::new(m.refused.clone()),
+                Box::new(m.closed.clone()),
+                Box::new(m.drain_remaining.clone()),
+                Box::new(m.drain_time.clone()),
+                Box::new(m.owned_slots.clone()),
+                Box::new(m.ring_epoch.clone()),
+                Box::new(m.moves.clone()),
+            ],
+        );
         m
     }
 
     pub fn render(&self) -> String {
-        use prometheus::Encoder;
-        let mut buf = Vec::new();
-        let _ = prometheus::TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        rtc_common::telemetry::render(&self.registry)
     }
 }
