@@ -139,6 +139,9 @@ impl Stack {
             })
             .collect();
         let ids: Vec<String> = live.iter().map(|h| h.id.clone()).collect();
+        if ids.is_empty() {
+            return;
+        }
         crate::wait_for("the ring to settle", Duration::from_secs(60), || {
             let ring = self.bal.ring();
             let ids = ids.clone();
