@@ -253,3 +253,46 @@ async fn kafka_outage_gives_senders_retryable_errors_then_recovers() {
     assert!(acked, "sending works again once Kafka is back");
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_closes_with_1001_and_its_clients_resume_elsewhere() {
+    let mut stack = Stack::start(2, |_| {}).await;
+    let ep = stack.endpoints();
+    let (alice_id, bob_id) = (stack.client_on(0, "alice"), stack.client_on(1, "bob"));
+    let mut alice = Client::connect(&ep, &alice_id, None, T).await.unwrap();
+    let mut bob = Client::connect(&ep, &bob_id, None, T).await.unwrap();
+    alice.send("before", &bob_id, json!(0)).await.unwrap();
+    bob.until(T, |f| f["type"] == "msg").await.unwrap();
+
+    stack.stop_node(1).await;
+    let close = bob.until(T, |f| f["type"] == "close").await.unwrap();
+    assert_eq!(close["code"], 1001, "{close}");
+    // Messages sent while bob has no node are kept in Kafka for him.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = format!("gap{i}");
+        alice.send(&id, &bob_id, json!(i)).await.unwrap();
+        alice
+            .until(T, |f| f["type"] == "ack" && f["id"] == id.as_str())
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    bob.reconnect(T).await.unwrap();
+    assert_eq!(
+        bob.node, stack.nodes[0].id,
+        "bob's slot moved to the remaining node"
+    );
+    assert!(bob.recovered);
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(
+            bob.until(T, |f| f["type"] == "msg").await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(got, ids);
+    stack.shutdown().await;
+}
