@@ -163,7 +163,11 @@ impl Client {
             url.push_str(&format!("&resumeOffset={r}"));
         }
         let req = url.into_client_request()?;
-        let ws = match tokio_tungstenite::connect_async(req).await {
+        // tungstenite's default 128 KiB read buffer is resident per connection; 4 KiB is plenty
+        // for our frames and lets one process hold many clients.
+        let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+            .read_buffer_size(4096);
+        let ws = match tokio_tungstenite::connect_async_with_config(req, Some(cfg), true).await {
             Ok((ws, _)) => ws,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();

@@ -210,7 +210,15 @@ pub fn build(cfg: Config, trigger: Trigger) -> anyhow::Result<Built> {
 
     let mut proxy =
         pingora::proxy::http_proxy_service(&server.configuration, proxy::Proxy { gw: gw.clone() });
-    proxy.add_tcp(&gw.cfg.listen_addr);
+    // Unbuffered reads on client sockets: Pingora's default 64 KiB L4 read buffer would stay
+    // allocated for every open WebSocket.
+    let l4 = pingora::protocols::l4::stream::L4BufferSettings::new(
+        0,
+        pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
+    );
+    proxy.add_listener(
+        pingora::listeners::ListenerConfig::tcp(gw.cfg.listen_addr.clone()).l4_buffer(l4),
+    );
     let mut admin = pingora::services::listening::Service::new(
         "admin".to_string(),
         admin::Admin { gw: gw.clone() },

@@ -14,7 +14,8 @@ use rtc_common::protocol::{ErrorCode, HttpError};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 pub struct Proxy {
     pub gw: Arc<Gateway>,
@@ -64,9 +65,9 @@ async fn refuse(
 }
 
 /// Releases a slot of the connection cap when the tunnel ends.
-struct Active<'a>(&'a Gateway);
+struct Active(Arc<Gateway>);
 
-impl Drop for Active<'_> {
+impl Drop for Active {
     fn drop(&mut self) {
         let n = self.0.active.fetch_sub(1, Ordering::Relaxed) - 1;
         self.0.metrics.active.set(n as i64);
@@ -138,7 +139,7 @@ impl Proxy {
             .await;
         }
         let n = gw.active.fetch_add(1, Ordering::Relaxed) + 1;
-        let _active = Active(gw);
+        let active = Active(gw.clone());
         if n > gw.cfg.max_connections {
             return refuse(
                 gw,
@@ -161,7 +162,7 @@ impl Proxy {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        let (mut up, answer) = match tunnel::handshake(addr, &pq, &req.headers, client_ip).await {
+        let (up, answer) = match tunnel::handshake(addr, &pq, &req.headers, client_ip).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(node, error = %e, "upstream handshake failed");
@@ -208,48 +209,32 @@ impl Proxy {
                 resp.insert_header(k.clone(), v.as_slice())?;
             }
         }
-        session.set_read_timeout(Some(Duration::from_secs(gw.cfg.ws_idle_timeout_secs)));
         session.write_response_header(Box::new(resp), false).await?;
         gw.metrics.upgrades.with_label_values(&["ok"]).inc();
-        let mut tracker = FrameTracker::default();
-        if !answer.rest.is_empty() {
-            tracker.feed(&answer.rest);
-            session
-                .write_response_body(Some(answer.rest), false)
-                .await?;
-        }
-        pump(gw, session, &mut up, &mut tracker).await;
+        // Bytes the client sent right behind its handshake, already read by Pingora: one poll
+        // returns them (or finds nothing and reads nothing).
+        let early = match tokio::time::timeout(Duration::ZERO, session.read_request_body()).await {
+            Ok(Ok(Some(b))) => b,
+            Ok(Ok(None)) | Ok(Err(_)) => return Ok(()),
+            Err(_) => Bytes::new(),
+        };
+        // Take the raw client stream out of Pingora's session: its HTTP body reader would hold a
+        // 64 KiB buffer per WebSocket for the connection's whole life. Pingora finishes a dummy.
+        let dummy =
+            pingora::protocols::http::ServerSession::new_http1(Box::new(tokio::io::duplex(1).0));
+        let client = match *std::mem::replace(&mut session.downstream_session, Box::new(dummy)) {
+            pingora::protocols::http::ServerSession::H1(h1) => h1.into_inner(),
+            _ => return Ok(()),
+        };
+        // The splice runs as its own task, so Pingora's request state (its session, buffers and
+        // this future) is freed now instead of living as long as the WebSocket.
+        let gw = gw.clone();
+        tokio::spawn(async move {
+            splice(&gw, client, up, answer.rest, early).await;
+            drop(active);
+        });
         Ok(())
     }
-}
-
-/// Copies bytes both ways until either side closes or the gateway goes away. Going away, the
-/// client gets a 1001 close frame at the next frame boundary; if the node's connection ends
-/// without a close frame, the client gets 1011 instead of a bare reset.
-async fn pump(
-    gw: &Gateway,
-    session: &mut Session,
-    up: &mut tokio::net::TcpStream,
-    tracker: &mut FrameTracker,
-) {
-    let (code, reason, label) = match copy(gw, session, up, tracker).await {
-        End::GoingAway => (1001, "gateway shutting down", "closed_going_away"),
-        End::ClientIdle => (1001, "idle timeout", "closed_idle"),
-        End::NodeGone => (1011, "node connection lost", "closed_node_lost"),
-        End::ClientGone => return,
-    };
-    if !tracker.at_boundary() || tracker.close_seen() {
-        return;
-    }
-    let _ = session
-        .write_response_body(Some(tunnel::close_frame(code, reason)), false)
-        .await;
-    gw.metrics.upgrades.with_label_values(&[label]).inc();
-    let _ = up.shutdown().await;
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        while let Ok(Some(_)) = session.read_request_body().await {}
-    })
-    .await;
 }
 
 /// Why the copy loop stopped.
@@ -264,51 +249,109 @@ enum End {
     NodeGone,
 }
 
+/// Client→node reads use a small buffer; node→client reads allocate only once bytes are there,
+/// so an idle WebSocket holds almost nothing.
+const CLIENT_READ_BUF: usize = 2048;
+const NODE_READ_BUF: usize = 16 * 1024;
+
+/// Copies bytes both ways until either side closes or the gateway goes away. Going away, the
+/// client gets a 1001 close frame at the next frame boundary; a client silent for the idle
+/// timeout gets 1001 "idle timeout"; if the node's connection ends without a close frame, the
+/// client gets 1011 instead of a bare reset.
+async fn splice(
+    gw: &Gateway,
+    mut client: pingora::protocols::Stream,
+    mut up: TcpStream,
+    first: Bytes,
+    early: Bytes,
+) {
+    let mut tracker = FrameTracker::default();
+    tracker.feed(&first);
+    let started = async {
+        if !first.is_empty() {
+            client.write_all(&first).await?;
+        }
+        client.flush().await?;
+        if !early.is_empty() {
+            up.write_all(&early).await?;
+        }
+        std::io::Result::Ok(())
+    };
+    if started.await.is_err() {
+        return;
+    }
+    let (code, reason, label) = match copy(gw, &mut client, &mut up, &mut tracker).await {
+        End::GoingAway => (1001, "gateway shutting down", "closed_going_away"),
+        End::ClientIdle => (1001, "idle timeout", "closed_idle"),
+        End::NodeGone => (1011, "node connection lost", "closed_node_lost"),
+        End::ClientGone => return,
+    };
+    if tracker.at_boundary() && !tracker.close_seen() {
+        let _ = client.write_all(&tunnel::close_frame(code, reason)).await;
+        let _ = client.flush().await;
+        gw.metrics.upgrades.with_label_values(&[label]).inc();
+    }
+    let _ = up.shutdown().await;
+    // Wait briefly for the client's close, so ours is not lost to a reset.
+    let mut sink = [0u8; 256];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(n) = client.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
 async fn copy(
     gw: &Gateway,
-    session: &mut Session,
-    up: &mut tokio::net::TcpStream,
+    client: &mut pingora::protocols::Stream,
+    up: &mut TcpStream,
     tracker: &mut FrameTracker,
 ) -> End {
     let mut going_away = gw.going_away.subscribe();
+    let idle = Duration::from_secs(gw.cfg.ws_idle_timeout_secs);
+    let mut cbuf = vec![0u8; CLIENT_READ_BUF];
     loop {
         let leaving = *going_away.borrow();
         if leaving && tracker.at_boundary() {
             return End::GoingAway;
         }
         tokio::select! {
-            r = session.read_request_body() => match r {
-                Ok(Some(b)) => {
-                    if up.write_all(&b).await.is_err() {
+            r = tokio::time::timeout(idle, client.read(&mut cbuf)) => match r {
+                Err(_) => return End::ClientIdle,
+                Ok(Ok(0)) | Ok(Err(_)) => return End::ClientGone,
+                Ok(Ok(n)) => {
+                    if up.write_all(&cbuf[..n]).await.is_err() {
                         return End::NodeGone;
                     }
                 }
-                Ok(None) => return End::ClientGone,
-                Err(e) if e.etype() == &pingora::ErrorType::ReadTimedout => return End::ClientIdle,
-                Err(_) => return End::ClientGone,
             },
             r = up.readable() => {
                 if r.is_err() {
                     return End::NodeGone;
                 }
-                // Allocate only when data is there, so an idle tunnel holds no read buffer.
-                let mut buf = bytes::BytesMut::zeroed(16 * 1024);
+                let mut buf = bytes::BytesMut::zeroed(NODE_READ_BUF);
                 match up.try_read(&mut buf) {
                     Ok(0) => return End::NodeGone,
                     Ok(n) => {
                         buf.truncate(n);
                         let mut data = buf.freeze();
+                        let mut stop = false;
                         if leaving {
                             if let Some(end) = tracker.boundary_in(&data) {
                                 data.truncate(end);
-                                let _ = session.write_response_body(Some(data), false).await;
-                                return End::GoingAway;
+                                stop = true;
                             }
                         } else {
                             tracker.feed(&data);
                         }
-                        if session.write_response_body(Some(data), false).await.is_err() {
+                        if client.write_all(&data).await.is_err() || client.flush().await.is_err() {
                             return End::ClientGone;
+                        }
+                        if stop {
+                            return End::GoingAway;
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}

@@ -1,6 +1,10 @@
-//! The load-test client and its ledger: clients resolve and connect like real ones, send on a
-//! schedule, follow `move` and reconnect with their resume offset, and every message is
-//! accounted for (sent, acked, delivered, lost, duplicated).
+//! The load-test client and its ledger: clients resolve and connect like real ones, send on an
+//! open-loop schedule, follow `move` and reconnect with their resume offset, and every message
+//! is accounted for (sent, acked, delivered, lost, duplicated). Latency is measured from the
+//! *intended* send time, so a stalled client cannot hide queueing (coordinated omission); service
+//! time, from the actual send, is kept beside it.
+
+pub mod threshold;
 
 use rtc_devkit::client::{Client, Endpoints};
 use serde::Serialize;
@@ -43,8 +47,14 @@ pub struct Ledger {
     pub connect_failures: usize,
     /// Client → node it ended on.
     pub final_node: HashMap<String, String>,
-    /// Send-to-delivery latency, microseconds.
+    /// Delivery latency from the intended send time, microseconds.
     pub latency_us: Option<hdrhistogram::Histogram<u64>>,
+    /// Delivery latency from the actual send, microseconds.
+    pub service_us: Option<hdrhistogram::Histogram<u64>>,
+    /// Clients connected right now.
+    pub connected: usize,
+    /// Counters since the last progress line: delivered, sent, errors.
+    pub window: (u64, u64, u64),
 }
 
 #[derive(Debug, Serialize)]
@@ -59,15 +69,21 @@ pub struct Report {
     pub reconnects: usize,
     pub connect_failures: usize,
     pub latency_ms_p50: f64,
+    pub latency_ms_p90: f64,
     pub latency_ms_p99: f64,
+    pub latency_ms_p999: f64,
     pub latency_ms_max: f64,
+    pub service_ms_p50: f64,
+    pub service_ms_p99: f64,
     pub per_node: HashMap<String, usize>,
 }
 
 impl Ledger {
     pub fn new() -> Self {
+        let h = || hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).ok();
         Ledger {
-            latency_us: hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).ok(),
+            latency_us: h(),
+            service_us: h(),
             ..Default::default()
         }
     }
@@ -88,11 +104,11 @@ impl Ledger {
     }
 
     pub fn report(&self) -> Report {
-        let q = |p: f64| {
-            self.latency_us
-                .as_ref()
+        let at = |h: &Option<hdrhistogram::Histogram<u64>>, p: f64| {
+            h.as_ref()
                 .map_or(0.0, |h| h.value_at_quantile(p) as f64 / 1000.0)
         };
+        let q = |p: f64| at(&self.latency_us, p);
         let mut per_node = HashMap::new();
         for n in self.final_node.values() {
             *per_node.entry(n.clone()).or_insert(0) += 1;
@@ -108,11 +124,15 @@ impl Ledger {
             reconnects: self.reconnects,
             connect_failures: self.connect_failures,
             latency_ms_p50: q(0.5),
+            latency_ms_p90: q(0.9),
             latency_ms_p99: q(0.99),
+            latency_ms_p999: q(0.999),
             latency_ms_max: self
                 .latency_us
                 .as_ref()
                 .map_or(0.0, |h| h.max() as f64 / 1000.0),
+            service_ms_p50: at(&self.service_us, 0.5),
+            service_ms_p99: at(&self.service_us, 0.99),
             per_node,
         }
     }
@@ -155,23 +175,32 @@ pub async fn run_client(
         u64::from(rtc_common::slot::murmur2(me.as_bytes()) as u32)
             % interval.as_micros().max(1) as u64,
     );
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    // Open loop: ticks that fall due while the client is busy (reconnecting, blocked on a full
+    // socket) fire late, back to back, and carry their intended time — so the wait counts.
+    let (base_at, base_us) = (tokio::time::Instant::now(), now_us());
+    let mut tick = tokio::time::interval_at(base_at + offset, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    ledger.lock().expect("ledger lock").connected += 1;
     loop {
         let sending = *phase.borrow() == Phase::Sending;
         tokio::select! {
             _ = phase.changed() => {
                 if *phase.borrow() == Phase::Done { break; }
             }
-            _ = tick.tick(), if sending => {
+            due = tick.tick(), if sending => {
+                let intended = base_us + due.duration_since(base_at).as_micros() as u64;
                 seq += 1;
                 let id = seq.to_string();
                 let to = match pattern {
                     Pattern::Direct => peers[(seq as usize * 7 + me.len()) % peers.len()].clone(),
                     Pattern::SelfSend => me.clone(),
                 };
-                ledger.lock().expect("ledger lock").sent.insert((me.clone(), id.clone()), to.clone());
-                if c.send(&id, &to, json!({"seq": seq, "ts": now_us()})).await.is_err() && !reconnect(&mut c, &ledger).await {
+                {
+                    let mut l = ledger.lock().expect("ledger lock");
+                    l.sent.insert((me.clone(), id.clone()), to.clone());
+                    l.window.1 += 1;
+                }
+                if c.send(&id, &to, json!({"seq": seq, "at": intended, "ts": now_us()})).await.is_err() && !reconnect(&mut c, &ledger).await {
                     break;
                 }
             }
@@ -189,11 +218,9 @@ pub async fn run_client(
             }
         }
     }
-    ledger
-        .lock()
-        .expect("ledger lock")
-        .final_node
-        .insert(me, c.node.clone());
+    let mut l = ledger.lock().expect("ledger lock");
+    l.connected -= 1;
+    l.final_node.insert(me, c.node.clone());
 }
 
 /// Books one frame; true when the client must reconnect (a `move` or a close).
@@ -204,13 +231,21 @@ fn handle(me: &str, f: &serde_json::Value, ledger: &Mutex<Ledger>) -> bool {
         Some("ack") => {
             l.acked.insert((me.to_string(), s("id")));
         }
-        Some("error") => l.errors += 1,
+        Some("error") => {
+            l.errors += 1;
+            l.window.2 += 1;
+        }
         Some("msg") => {
             *l.delivered
                 .entry((me.to_string(), s("from"), s("id")))
                 .or_default() += 1;
-            if let (Some(ts), Some(h)) = (f["data"]["ts"].as_u64(), l.latency_us.as_mut()) {
-                let _ = h.record(now_us().saturating_sub(ts).max(1));
+            l.window.0 += 1;
+            let now = now_us();
+            if let (Some(t), Some(h)) = (f["data"]["at"].as_u64(), l.latency_us.as_mut()) {
+                let _ = h.record(now.saturating_sub(t).max(1));
+            }
+            if let (Some(t), Some(h)) = (f["data"]["ts"].as_u64(), l.service_us.as_mut()) {
+                let _ = h.record(now.saturating_sub(t).max(1));
             }
         }
         Some("move") | Some("close") => return true,
@@ -220,14 +255,19 @@ fn handle(me: &str, f: &serde_json::Value, ledger: &Mutex<Ledger>) -> bool {
 }
 
 async fn reconnect(c: &mut Client, ledger: &Mutex<Ledger>) -> bool {
-    match c.reconnect(Duration::from_secs(30)).await {
+    ledger.lock().expect("ledger lock").connected -= 1;
+    let r = c.reconnect(Duration::from_secs(30)).await;
+    let mut l = ledger.lock().expect("ledger lock");
+    match r {
         Ok(()) => {
-            ledger.lock().expect("ledger lock").reconnects += 1;
+            l.reconnects += 1;
+            l.connected += 1;
             true
         }
         Err(e) => {
             tracing::warn!(client = %c.client_id, error = %e, "could not reconnect");
-            ledger.lock().expect("ledger lock").connect_failures += 1;
+            l.connect_failures += 1;
+            l.connected += 1; // balanced by the decrement when the task ends
             false
         }
     }

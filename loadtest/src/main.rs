@@ -1,12 +1,14 @@
-//! rtc-loadtest: N clients through the gateway (resolve, then connect), messages on a schedule,
-//! and an exact account: sent, acked, delivered, lost, duplicated. Exits non-zero if anything
-//! acked was lost or delivered twice.
+//! rtc-loadtest: N clients through the gateway (resolve, then connect), messages on an open-loop
+//! schedule, a progress line each second, and an exact account: sent, acked, delivered, lost,
+//! duplicated. Exits non-zero if anything acked was lost or delivered twice, or a `--fail-if`
+//! threshold is breached.
 
+use anyhow::Context;
 use clap::Parser;
 use rtc_devkit::client::Endpoints;
-use rtc_loadtest::{run_client, Ledger, Pattern, Phase};
+use rtc_loadtest::{run_client, threshold, Ledger, Pattern, Phase};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,7 +29,7 @@ struct Args {
     /// Seconds of sending once everyone is connected.
     #[arg(long, env = "DURATION", default_value_t = 10)]
     duration: u64,
-    /// Milliseconds between one client's messages.
+    /// Milliseconds between one client's messages (the schedule is open-loop).
     #[arg(long, env = "MSG_INTERVAL", default_value_t = 1000)]
     msg_interval: u64,
     /// Whom messages go to.
@@ -36,9 +38,43 @@ struct Args {
     /// Prefix of the clientIds.
     #[arg(long, env = "CLIENT_PREFIX", default_value = "load")]
     prefix: String,
-    /// Print the report as JSON.
+    /// Conditions the run must meet, e.g. 'p99<50ms,lost==0' (metrics: p50 p90 p99 p999 max in
+    /// ms; lost duplicated errors reconnects connect_failures).
+    #[arg(long, env = "FAIL_IF")]
+    fail_if: Option<String>,
+    /// Print the final report as JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// Refuses a run the machine cannot hold, and says what to change.
+fn check_limits(connections: usize) -> anyhow::Result<()> {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let soft = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<usize>().ok());
+    if let Some(soft) = soft {
+        anyhow::ensure!(
+            connections + 64 <= soft,
+            "{connections} connections need more open files than this process may have ({soft}); raise it with `ulimit -n {}` (the hard limit caps it), or run several processes",
+            connections + 1024
+        );
+    }
+    if let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
+        let v: Vec<usize> = range
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [lo, hi] = v[..] {
+            anyhow::ensure!(
+                connections < hi - lo,
+                "{connections} connections to one address exceed the local port range {lo}-{hi}; widen net.ipv4.ip_local_port_range"
+            );
+        }
+    }
+    Ok(())
 }
 
 #[tokio::main]
@@ -46,6 +82,14 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     rtc_common::telemetry::init("loadtest");
     anyhow::ensure!(args.connections > 0, "CONNECTIONS must be positive");
+    let thresholds = args
+        .fail_if
+        .as_deref()
+        .map(threshold::parse)
+        .transpose()
+        .map_err(anyhow::Error::msg)
+        .context("--fail-if")?;
+    check_limits(args.connections)?;
     let ep = Endpoints::gateway(&args.target);
     let ids: Arc<Vec<String>> = Arc::new(
         (0..args.connections)
@@ -55,15 +99,18 @@ async fn main() -> anyhow::Result<()> {
     let ledger = Arc::new(Mutex::new(Ledger::new()));
     let (phase_tx, phase_rx) = tokio::sync::watch::channel(Phase::Sending);
     let start = Arc::new(tokio::sync::Barrier::new(ids.len() + 1));
+    let began = Instant::now();
+    let progress = tokio::spawn(progress_line(ledger.clone(), args.connections, began));
     let gap = Duration::from_secs(args.ramp_up) / args.connections as u32;
     let mut tasks = Vec::new();
     for me in ids.iter() {
+        let interval = Duration::from_millis(args.msg_interval.max(1));
         tasks.push(tokio::spawn(run_client(
             ep.clone(),
             me.clone(),
             ids.clone(),
             args.pattern,
-            Duration::from_millis(args.msg_interval.max(1)),
+            interval,
             phase_rx.clone(),
             ledger.clone(),
             start.clone(),
@@ -72,10 +119,12 @@ async fn main() -> anyhow::Result<()> {
     }
     start.wait().await;
     eprintln!(
-        "{} clients connected; sending for {} s",
-        args.connections, args.duration
+        "{} clients connected in {:.1} s; sending for {} s",
+        args.connections,
+        began.elapsed().as_secs_f64(),
+        args.duration
     );
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     let send_secs = started.elapsed().as_secs_f64();
     phase_tx.send(Phase::Quiet)?;
@@ -90,33 +139,62 @@ async fn main() -> anyhow::Result<()> {
     for t in tasks {
         let _ = t.await;
     }
+    progress.abort();
     let report = ledger.lock().expect("ledger lock").report();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
+        let r = &report;
         println!(
-            "clients {} | sent {} ({:.0}/s) acked {} delivered {} | lost {} duplicated {} errors {} reconnects {} connect-failures {}\nlatency ms p50 {:.2} p99 {:.2} max {:.2} | per node {:?}",
-            report.clients,
-            report.sent,
-            report.sent as f64 / send_secs,
-            report.acked,
-            report.delivered,
-            report.lost,
-            report.duplicated,
-            report.errors,
-            report.reconnects,
-            report.connect_failures,
-            report.latency_ms_p50,
-            report.latency_ms_p99,
-            report.latency_ms_max,
-            report.per_node
+            "connections: {} ended on nodes {:?}; reconnects {}, connect failures {}",
+            r.clients, r.per_node, r.reconnects, r.connect_failures
+        );
+        println!(
+            "messages:    sent {} ({:.0}/s), acked {}, delivered {}, lost {}, duplicated {}, errors {}",
+            r.sent,
+            r.sent as f64 / send_secs,
+            r.acked,
+            r.delivered,
+            r.lost,
+            r.duplicated,
+            r.errors
+        );
+        println!(
+            "latency ms (from intended send): p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}; service p50 {:.2} p99 {:.2}",
+            r.latency_ms_p50, r.latency_ms_p90, r.latency_ms_p99, r.latency_ms_p999, r.latency_ms_max, r.service_ms_p50, r.service_ms_p99
         );
     }
-    anyhow::ensure!(
-        report.lost == 0 && report.duplicated == 0,
-        "{} lost, {} duplicated",
-        report.lost,
-        report.duplicated
-    );
+    let mut breaches: Vec<String> = Vec::new();
+    if report.lost > 0 || report.duplicated > 0 {
+        breaches.push(format!(
+            "{} lost, {} duplicated",
+            report.lost, report.duplicated
+        ));
+    }
+    for t in thresholds.iter().flatten().filter(|t| !t.holds(&report)) {
+        breaches.push(t.describe(&report));
+    }
+    anyhow::ensure!(breaches.is_empty(), "failed: {}", breaches.join("; "));
     Ok(())
+}
+
+/// One line a second on stderr: connections, rates, errors, p99 so far.
+async fn progress_line(ledger: Arc<Mutex<Ledger>>, want: usize, began: Instant) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (conns, (delivered, sent, errors), p99) = {
+            let mut l = ledger.lock().expect("ledger lock");
+            let p99 = l
+                .latency_us
+                .as_ref()
+                .map_or(0.0, |h| h.value_at_quantile(0.99) as f64 / 1000.0);
+            (l.connected, std::mem::take(&mut l.window), p99)
+        };
+        eprintln!(
+            "[{:>4.0}s] connections {conns}/{want} | sent {sent}/s delivered {delivered}/s | errors {errors} | p99 {p99:.1} ms",
+            began.elapsed().as_secs_f64()
+        );
+    }
 }

@@ -280,7 +280,7 @@ async fn run(
     let conn = Arc::new(Conn::new(&client_id, node.cfg.send_queue_bytes));
     drop(client_id);
     if let Err(reason) = node.register(&conn, slot, resume) {
-        let _ = close_with(&mut ws, reason).await;
+        let _ = Box::pin(close_with(&mut ws, reason)).await;
         return;
     }
     let _ = node.sessions.try_send(SessionEvent::Connected {
@@ -361,7 +361,7 @@ async fn run(
         client_id: conn.client_id.clone(),
     });
     if let Some(reason) = ended {
-        let _ = close_with(&mut ws, reason).await;
+        let _ = Box::pin(close_with(&mut ws, reason)).await;
     }
 }
 
@@ -381,7 +381,8 @@ async fn close_with(
     let tcp = ws.get_mut();
     let _ = tcp.shutdown().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
-        let mut sink = [0u8; 4096];
+        // On the heap: a buffer in this future would sit in every connection's task.
+        let mut sink = vec![0u8; 4096];
         let mut left = 4usize << 20;
         while left > 0 {
             match tcp.read(&mut sink).await {
