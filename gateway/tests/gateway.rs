@@ -304,3 +304,37 @@ async fn shutdown_fails_readiness_and_sends_close_frames() {
     gw.shutdown().await;
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_connection_cap_refuses_with_503() {
+    let stack = Stack::start(1, |_| {}).await;
+    let gw = GatewayHandle::start(&stack, |c| c.max_connections = 2).await;
+    let ep = Endpoints::gateway(&gw.addr);
+    let _a = Client::connect(&ep, "cap-a", None, T).await.unwrap();
+    let _b = Client::connect(&ep, "cap-b", None, T).await.unwrap();
+    let err = Client::connect_once(&ep, "cap-c", None)
+        .await
+        .err()
+        .expect("refused");
+    let r = &err
+        .downcast_ref::<rtc_devkit::client::Refused>()
+        .expect("an HTTP refusal")
+        .0;
+    assert_eq!(
+        (r.status, r.retry_after.as_deref()),
+        (503, Some("5")),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains("too_many_connections"), "{}", r.body);
+    drop(_a);
+    // The slot frees when a tunnel ends.
+    rtc_devkit::wait_for("a freed slot", T, || {
+        let ep = ep.clone();
+        async move { Client::connect_once(&ep, "cap-d", None).await.is_ok() }
+    })
+    .await
+    .unwrap();
+    gw.shutdown().await;
+    stack.shutdown().await;
+}

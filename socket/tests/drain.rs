@@ -1,7 +1,9 @@
-//! Draining a node while 200 clients exchange messages (the load-test client, through resolve):
-//! every client ends on another node, no acked message is lost and none is delivered twice.
+//! Draining a node while 200 clients exchange messages (the load-test client, through the
+//! gateway: resolve, then connect): every client ends on another node, no acked message is lost
+//! and none is delivered twice.
 
-use rtc_devkit::stack::Stack;
+use rtc_devkit::client::Endpoints;
+use rtc_devkit::stack::{GatewayHandle, Stack};
 use rtc_loadtest::{run_client, Ledger, Pattern, Phase};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,7 +16,8 @@ async fn drain_moves_every_client_and_loses_nothing() {
         c.move_jitter_ms = 300;
     })
     .await;
-    let ep = stack.endpoints();
+    let gw = GatewayHandle::start(&stack, |_| {}).await;
+    let ep = Endpoints::gateway(&gw.addr);
     let ids: Arc<Vec<String>> = Arc::new((0..200).map(|i| format!("user-{i}")).collect());
     let drained_id = stack.nodes[0].id.clone();
     let on_drained = ids
