@@ -6,6 +6,7 @@ use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty};
 use rtc_common::protocol::Resolved;
 use serde_json::Value;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -26,10 +27,9 @@ async fn http_request(
     method: http::Method,
     addr: &str,
     path_and_query: &str,
+    bind: Option<IpAddr>,
 ) -> anyhow::Result<HttpReply> {
-    let stream = TcpStream::connect(addr)
-        .await
-        .with_context(|| format!("connecting to {addr}"))?;
+    let stream = tcp_connect(addr, bind).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
     tokio::spawn(conn);
@@ -37,6 +37,9 @@ async fn http_request(
         .method(method)
         .uri(path_and_query)
         .header(http::header::HOST, addr)
+        // The server closes first, so TIME_WAIT stays on its side and a client making many
+        // requests does not run out of local ports.
+        .header(http::header::CONNECTION, "close")
         .body(Empty::<bytes::Bytes>::new())?;
     let resp = sender.send_request(req).await?;
     let status = resp.status().as_u16();
@@ -55,12 +58,36 @@ async fn http_request(
 
 /// `GET http://{addr}{path_and_query}`.
 pub async fn http_get(addr: &str, path_and_query: &str) -> anyhow::Result<HttpReply> {
-    http_request(http::Method::GET, addr, path_and_query).await
+    http_request(http::Method::GET, addr, path_and_query, None).await
+}
+
+/// A TCP connection to `addr`, from local address `bind` (any port) when given — so a load
+/// test can spread over 127.0.0.x sources and their port ranges.
+pub async fn tcp_connect(addr: &str, bind: Option<IpAddr>) -> anyhow::Result<TcpStream> {
+    let target = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .with_context(|| format!("no address for {addr}"))?;
+    let stream = match bind {
+        None => TcpStream::connect(target).await,
+        Some(ip) => {
+            let sock = if target.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            sock.bind(std::net::SocketAddr::new(ip, 0))?;
+            sock.connect(target).await
+        }
+    };
+    let stream = stream.with_context(|| format!("connecting to {addr}"))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// `POST http://{addr}{path}` with an empty body.
 pub async fn http_post(addr: &str, path: &str) -> anyhow::Result<HttpReply> {
-    http_request(http::Method::POST, addr, path).await
+    http_request(http::Method::POST, addr, path, None).await
 }
 
 fn query_escape(s: &str) -> String {
@@ -80,6 +107,8 @@ pub struct Endpoints {
     /// `host:port` to open `/ws/<node>/connect` on, given the nodeId (the gateway for every
     /// node, or a node's own address in tests without a gateway).
     pub ws: NodeAddr,
+    /// Local address to connect from (None: the system's choice).
+    pub bind: Option<IpAddr>,
 }
 
 impl Endpoints {
@@ -89,6 +118,7 @@ impl Endpoints {
         Endpoints {
             resolve: a.clone(),
             ws: Arc::new(move |_| Some(a.clone())),
+            bind: None,
         }
     }
 }
@@ -97,11 +127,8 @@ pub async fn resolve(
     ep: &Endpoints,
     client_id: &str,
 ) -> anyhow::Result<Result<Resolved, HttpReply>> {
-    let r = http_get(
-        &ep.resolve,
-        &format!("/api/v1/resolve?clientId={}", query_escape(client_id)),
-    )
-    .await?;
+    let path = format!("/api/v1/resolve?clientId={}", query_escape(client_id));
+    let r = http_request(http::Method::GET, &ep.resolve, &path, ep.bind).await?;
     if r.status == 200 {
         Ok(Ok(
             serde_json::from_str(&r.body).with_context(|| format!("resolve body {:?}", r.body))?
@@ -167,7 +194,8 @@ impl Client {
         // for our frames and lets one process hold many clients.
         let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(4096);
-        let ws = match tokio_tungstenite::connect_async_with_config(req, Some(cfg), true).await {
+        let stream = MaybeTlsStream::Plain(tcp_connect(&addr, ep.bind).await?);
+        let ws = match tokio_tungstenite::client_async_with_config(req, stream, Some(cfg)).await {
             Ok((ws, _)) => ws,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let status = resp.status().as_u16();
@@ -237,8 +265,10 @@ impl Client {
                             return Err(e);
                         }
                     }
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(500));
+                    // Full jitter: a random wait up to the (doubling, capped) backoff, so clients
+                    // refused together do not come back together.
+                    tokio::time::sleep(delay.mul_f64(rand::random::<f64>())).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
                 }
             }
         }

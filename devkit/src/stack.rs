@@ -118,6 +118,7 @@ impl Stack {
         Endpoints {
             resolve: self.balancer.to_string(),
             ws: Arc::new(move |n| addrs.lock().unwrap().get(n).cloned()),
+            bind: None,
         }
     }
 

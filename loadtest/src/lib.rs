@@ -1,18 +1,22 @@
 //! The load-test client and its ledger: clients resolve and connect like real ones, send on an
 //! open-loop schedule, follow `move` and reconnect with their resume offset, and every message
-//! is accounted for (sent, acked, delivered, lost, duplicated). Latency is measured from the
-//! *intended* send time, so a stalled client cannot hide queueing (coordinated omission); service
-//! time, from the actual send, is kept beside it.
+//! is accounted for (sent, acked, delivered, lost, duplicated, out of order). Latency is
+//! measured from the *intended* send time, so a stalled client cannot hide queueing
+//! (coordinated omission); service time, from the actual send, is kept beside it.
 
+pub mod html;
 pub mod threshold;
 
+use base64::Engine;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
 use rtc_devkit::client::{Client, Endpoints};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 /// What the clients are doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,45 +32,121 @@ pub enum Phase {
 /// Whom each message goes to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Pattern {
-    /// To a peer chosen round-robin from the other clients.
+    /// Direct messages to peers chosen round-robin among the other clients (through Kafka).
     Direct,
-    /// To oneself (one slot, one node: measures a node's own path).
+    /// Room messages: client k joins room k % rooms and publishes to it (fan-out).
+    Room,
+    /// Direct messages to oneself (one slot, one node).
     SelfSend,
+    /// `ping` → `pong` round trips answered by the socket node itself (no Kafka): measures the
+    /// WebSocket path — gateway and node — alone.
+    Ping,
+}
+
+/// How every client of a run behaves.
+#[derive(Clone)]
+pub struct Plan {
+    pub ep: Endpoints,
+    /// The clientIds of this run (or of this worker's shard); peers are chosen among them.
+    pub peers: Arc<Vec<String>>,
+    pub pattern: Pattern,
+    pub interval: Duration,
+    /// Padding added to every message's data, so messages have the requested size.
+    pub pad: Arc<str>,
+    pub rooms: usize,
+    /// Limits handshakes (resolve + upgrade) in flight.
+    pub handshakes: Arc<Semaphore>,
+    /// Local addresses to connect from, chosen by client index (empty: the system's choice).
+    pub sources: Arc<Vec<std::net::IpAddr>>,
+}
+
+/// One second of a run, for the progress line and the HTML report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Sample {
+    pub t: f64,
+    pub connections: usize,
+    pub sent: u64,
+    pub delivered: u64,
+    pub errors: u64,
+    pub p99_ms: f64,
 }
 
 /// Every message and delivery of a run.
-#[derive(Default)]
 pub struct Ledger {
-    /// (sender, id) → recipient.
+    /// (sender, id) → recipient, for direct messages.
     pub sent: HashMap<(String, String), String>,
+    pub sent_total: u64,
     pub acked: HashSet<(String, String)>,
     pub errors: usize,
-    /// (recipient, sender, id) → times delivered.
+    /// (recipient, sender, id) → times delivered, for direct messages.
     pub delivered: HashMap<(String, String, String), usize>,
+    /// Newest seq seen per (recipient, sender), to spot reordering.
+    last_seq: HashMap<(String, String), u64>,
+    pub out_of_order: usize,
+    pub room_delivered: u64,
+    pub pongs: u64,
     pub reconnects: usize,
+    pub disconnects: usize,
     pub connect_failures: usize,
     /// Client → node it ended on.
     pub final_node: HashMap<String, String>,
     /// Delivery latency from the intended send time, microseconds.
-    pub latency_us: Option<hdrhistogram::Histogram<u64>>,
+    pub latency_us: Histogram<u64>,
     /// Delivery latency from the actual send, microseconds.
-    pub service_us: Option<hdrhistogram::Histogram<u64>>,
+    pub service_us: Histogram<u64>,
     /// Clients connected right now.
     pub connected: usize,
-    /// Counters since the last progress line: delivered, sent, errors.
-    pub window: (u64, u64, u64),
+    /// Counters since the last sample: sent, delivered, errors; and the window's latencies.
+    window: (u64, u64, u64),
+    window_latency: Histogram<u64>,
+    pub series: Vec<Sample>,
 }
 
-#[derive(Debug, Serialize)]
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("static bounds are valid")
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger {
+            sent: HashMap::new(),
+            sent_total: 0,
+            acked: HashSet::new(),
+            errors: 0,
+            delivered: HashMap::new(),
+            last_seq: HashMap::new(),
+            out_of_order: 0,
+            room_delivered: 0,
+            pongs: 0,
+            reconnects: 0,
+            disconnects: 0,
+            connect_failures: 0,
+            final_node: HashMap::new(),
+            latency_us: histogram(),
+            service_us: histogram(),
+            connected: 0,
+            window: (0, 0, 0),
+            window_latency: histogram(),
+            series: Vec::new(),
+        }
+    }
+}
+
+/// The outcome of a run (or of one worker), mergeable across workers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Report {
     pub clients: usize,
-    pub sent: usize,
+    pub sent: u64,
     pub acked: usize,
     pub delivered: usize,
     pub lost: usize,
     pub duplicated: usize,
+    pub out_of_order: usize,
+    pub room_delivered: u64,
+    pub pongs: u64,
     pub errors: usize,
     pub reconnects: usize,
+    pub disconnects: usize,
     pub connect_failures: usize,
     pub latency_ms_p50: f64,
     pub latency_ms_p90: f64,
@@ -76,90 +156,219 @@ pub struct Report {
     pub service_ms_p50: f64,
     pub service_ms_p99: f64,
     pub per_node: HashMap<String, usize>,
+    /// Client process CPU per delivered message (or pong), microseconds.
+    pub client_cpu_us_per_msg: f64,
+    pub series: Vec<Sample>,
+    /// The latency histograms, V2-serialized and base64-encoded, for merging workers.
+    pub latency_hist: String,
+    pub service_hist: String,
+}
+
+fn encode(h: &Histogram<u64>) -> String {
+    let mut buf = Vec::new();
+    let _ = V2Serializer::new().serialize(h, &mut buf);
+    base64::engine::general_purpose::STANDARD.encode(buf)
+}
+
+fn decode(s: &str) -> Option<Histogram<u64>> {
+    let bytes = base64::engine::general_purpose::STANDARD.decode(s).ok()?;
+    Deserializer::new().deserialize(&mut bytes.as_slice()).ok()
+}
+
+impl Report {
+    /// Fills the quantiles from the histograms.
+    fn set_quantiles(&mut self, lat: &Histogram<u64>, svc: &Histogram<u64>) {
+        let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+        self.latency_ms_p50 = ms(lat, 0.5);
+        self.latency_ms_p90 = ms(lat, 0.9);
+        self.latency_ms_p99 = ms(lat, 0.99);
+        self.latency_ms_p999 = ms(lat, 0.999);
+        self.latency_ms_max = lat.max() as f64 / 1000.0;
+        self.service_ms_p50 = ms(svc, 0.5);
+        self.service_ms_p99 = ms(svc, 0.99);
+        self.latency_hist = encode(lat);
+        self.service_hist = encode(svc);
+    }
+
+    /// Adds another worker's report: counts summed, histograms merged, series summed by second.
+    pub fn merge(&mut self, o: &Report) {
+        let mut lat = decode(&self.latency_hist).unwrap_or_else(histogram);
+        let mut svc = decode(&self.service_hist).unwrap_or_else(histogram);
+        if let Some(h) = decode(&o.latency_hist) {
+            let _ = lat.add(&h);
+        }
+        if let Some(h) = decode(&o.service_hist) {
+            let _ = svc.add(&h);
+        }
+        let n = (self.delivered + self.pongs as usize) as f64;
+        let m = (o.delivered + o.pongs as usize) as f64;
+        self.client_cpu_us_per_msg = if n + m > 0.0 {
+            (self.client_cpu_us_per_msg * n + o.client_cpu_us_per_msg * m) / (n + m)
+        } else {
+            0.0
+        };
+        self.clients += o.clients;
+        self.sent += o.sent;
+        self.acked += o.acked;
+        self.delivered += o.delivered;
+        self.lost += o.lost;
+        self.duplicated += o.duplicated;
+        self.out_of_order += o.out_of_order;
+        self.room_delivered += o.room_delivered;
+        self.pongs += o.pongs;
+        self.errors += o.errors;
+        self.reconnects += o.reconnects;
+        self.disconnects += o.disconnects;
+        self.connect_failures += o.connect_failures;
+        for (k, v) in &o.per_node {
+            *self.per_node.entry(k.clone()).or_default() += v;
+        }
+        for (i, s) in o.series.iter().enumerate() {
+            if i >= self.series.len() {
+                self.series.push(Sample {
+                    t: s.t,
+                    ..Default::default()
+                });
+            }
+            let d = &mut self.series[i];
+            d.connections += s.connections;
+            d.sent += s.sent;
+            d.delivered += s.delivered;
+            d.errors += s.errors;
+            d.p99_ms = d.p99_ms.max(s.p99_ms);
+        }
+        self.set_quantiles(&lat, &svc);
+    }
 }
 
 impl Ledger {
     pub fn new() -> Self {
-        let h = || hdrhistogram::Histogram::new_with_bounds(1, 600_000_000, 3).ok();
-        Ledger {
-            latency_us: h(),
-            service_us: h(),
-            ..Default::default()
-        }
+        Ledger::default()
     }
 
-    /// Acked messages that have not reached their recipient.
+    /// Acked direct messages that have not reached their recipient.
     pub fn lost(&self) -> Vec<(String, String)> {
         self.acked
             .iter()
-            .filter(|(from, id)| {
-                !self.delivered.contains_key(&(
-                    self.sent[&(from.clone(), id.clone())].clone(),
-                    from.clone(),
-                    id.clone(),
-                ))
+            .filter(|k| {
+                self.sent.get(*k).is_some_and(|to| {
+                    !self
+                        .delivered
+                        .contains_key(&(to.clone(), k.0.clone(), k.1.clone()))
+                })
             })
             .cloned()
             .collect()
     }
 
-    pub fn report(&self) -> Report {
-        let at = |h: &Option<hdrhistogram::Histogram<u64>>, p: f64| {
-            h.as_ref()
-                .map_or(0.0, |h| h.value_at_quantile(p) as f64 / 1000.0)
+    /// Closes the current second: a sample for the progress line and the report.
+    pub fn sample(&mut self, t: f64) -> Sample {
+        let (sent, delivered, errors) = std::mem::take(&mut self.window);
+        let p99_ms = self.window_latency.value_at_quantile(0.99) as f64 / 1000.0;
+        self.window_latency.reset();
+        let s = Sample {
+            t,
+            connections: self.connected,
+            sent,
+            delivered,
+            errors,
+            p99_ms,
         };
-        let q = |p: f64| at(&self.latency_us, p);
+        self.series.push(s.clone());
+        s
+    }
+
+    pub fn report(&self, cpu_secs: f64) -> Report {
         let mut per_node = HashMap::new();
         for n in self.final_node.values() {
             *per_node.entry(n.clone()).or_insert(0) += 1;
         }
-        Report {
+        let msgs = self.delivered.len() as f64 + self.pongs as f64 + self.room_delivered as f64;
+        let mut r = Report {
             clients: self.final_node.len(),
-            sent: self.sent.len(),
+            sent: self.sent_total,
             acked: self.acked.len(),
             delivered: self.delivered.len(),
             lost: self.lost().len(),
             duplicated: self.delivered.values().filter(|&&n| n > 1).count(),
+            out_of_order: self.out_of_order,
+            room_delivered: self.room_delivered,
+            pongs: self.pongs,
             errors: self.errors,
             reconnects: self.reconnects,
+            disconnects: self.disconnects,
             connect_failures: self.connect_failures,
-            latency_ms_p50: q(0.5),
-            latency_ms_p90: q(0.9),
-            latency_ms_p99: q(0.99),
-            latency_ms_p999: q(0.999),
-            latency_ms_max: self
-                .latency_us
-                .as_ref()
-                .map_or(0.0, |h| h.max() as f64 / 1000.0),
-            service_ms_p50: at(&self.service_us, 0.5),
-            service_ms_p99: at(&self.service_us, 0.99),
             per_node,
+            client_cpu_us_per_msg: if msgs > 0.0 {
+                cpu_secs * 1e6 / msgs
+            } else {
+                0.0
+            },
+            series: self.series.clone(),
+            ..Default::default()
+        };
+        r.set_quantiles(&self.latency_us, &self.service_us);
+        r
+    }
+
+    fn record_latency(&mut self, intended_us: Option<u64>, actual_us: Option<u64>) {
+        let now = now_us();
+        if let Some(t) = intended_us {
+            let v = now.saturating_sub(t).max(1);
+            let _ = self.latency_us.record(v);
+            let _ = self.window_latency.record(v);
+        }
+        if let Some(t) = actual_us {
+            let _ = self.service_us.record(now.saturating_sub(t).max(1));
         }
     }
 }
 
-fn now_us() -> u64 {
+/// This process's CPU time so far (user + system), seconds.
+pub fn process_cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            Some(
+                (rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?) as f64
+                    / 100.0,
+            )
+        })
+        .unwrap_or(0.0)
+}
+
+pub fn now_us() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)
         .unwrap_or(0)
 }
 
-/// One client's whole life: connect, wait for `start`, send every `interval` while sending,
-/// account for everything received, follow moves; ends on `Phase::Done`.
-#[allow(clippy::too_many_arguments)]
+/// One client's whole life: connect (within the handshake limit), wait for `start`, send on the
+/// schedule while sending, account for everything received, follow moves; ends on `Done`.
 pub async fn run_client(
-    ep: Endpoints,
-    me: String,
-    peers: Arc<Vec<String>>,
-    pattern: Pattern,
-    interval: Duration,
+    plan: Plan,
+    index: usize,
     mut phase: watch::Receiver<Phase>,
     ledger: Arc<Mutex<Ledger>>,
     start: Arc<tokio::sync::Barrier>,
 ) {
-    let deadline = Duration::from_secs(30);
-    let mut c = match Client::connect(&ep, &me, None, deadline).await {
+    let me = plan.peers[index].clone();
+    let mut ep = plan.ep.clone();
+    if !plan.sources.is_empty() {
+        ep.bind = Some(plan.sources[index % plan.sources.len()]);
+    }
+    let room = format!("room-{}", index % plan.rooms.max(1));
+    let connected = {
+        let _permit = plan
+            .handshakes
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        Client::connect(&ep, &me, None, Duration::from_secs(60)).await
+    };
+    let mut c = match connected {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(client = %me, error = %e, "could not connect");
@@ -168,19 +377,26 @@ pub async fn run_client(
             return;
         }
     };
+    if plan.pattern == Pattern::Room {
+        let _ = c
+            .send_text(json!({"type":"join","room":room}).to_string())
+            .await;
+    }
+    ledger.lock().expect("ledger lock").connected += 1;
     start.wait().await;
     let mut seq = 0u64;
+    // Ping ids → (intended, actual) send times, waiting for their pong.
+    let mut pings: HashMap<u64, (u64, u64)> = HashMap::new();
     // Spread clients over the interval so sends do not come in bursts.
     let offset = Duration::from_micros(
         u64::from(rtc_common::slot::murmur2(me.as_bytes()) as u32)
-            % interval.as_micros().max(1) as u64,
+            % plan.interval.as_micros().max(1) as u64,
     );
     // Open loop: ticks that fall due while the client is busy (reconnecting, blocked on a full
     // socket) fire late, back to back, and carry their intended time — so the wait counts.
     let (base_at, base_us) = (tokio::time::Instant::now(), now_us());
-    let mut tick = tokio::time::interval_at(base_at + offset, interval);
+    let mut tick = tokio::time::interval_at(base_at + offset, plan.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    ledger.lock().expect("ledger lock").connected += 1;
     loop {
         let sending = *phase.borrow() == Phase::Sending;
         tokio::select! {
@@ -191,29 +407,42 @@ pub async fn run_client(
                 let intended = base_us + due.duration_since(base_at).as_micros() as u64;
                 seq += 1;
                 let id = seq.to_string();
-                let to = match pattern {
-                    Pattern::Direct => peers[(seq as usize * 7 + me.len()) % peers.len()].clone(),
-                    Pattern::SelfSend => me.clone(),
+                let data = json!({"seq": seq, "at": intended, "ts": now_us(), "pad": &*plan.pad});
+                let frame = match plan.pattern {
+                    Pattern::Direct | Pattern::SelfSend => {
+                        let to = if plan.pattern == Pattern::SelfSend {
+                            me.clone()
+                        } else {
+                            plan.peers[(index + 1 + (seq as usize * 7919) % (plan.peers.len() - 1).max(1)) % plan.peers.len()].clone()
+                        };
+                        ledger.lock().expect("ledger lock").sent.insert((me.clone(), id.clone()), to.clone());
+                        json!({"type":"send","id":id,"to":to,"data":data})
+                    }
+                    Pattern::Room => json!({"type":"publish","id":id,"room":room,"data":data}),
+                    Pattern::Ping => {
+                        pings.insert(seq, (intended, now_us()));
+                        json!({"type":"ping","id":id})
+                    }
                 };
                 {
                     let mut l = ledger.lock().expect("ledger lock");
-                    l.sent.insert((me.clone(), id.clone()), to.clone());
-                    l.window.1 += 1;
+                    l.sent_total += 1;
+                    l.window.0 += 1;
                 }
-                if c.send(&id, &to, json!({"seq": seq, "at": intended, "ts": now_us()})).await.is_err() && !reconnect(&mut c, &ledger).await {
+                if c.send_text(frame.to_string()).await.is_err() && !reconnect(&mut c, &plan, &room, &ledger).await {
                     break;
                 }
             }
             f = c.next(Duration::from_secs(3600)) => {
-                let reconnect_needed = match f {
-                    Ok(Some(f)) => handle(&me, &f, &ledger),
+                let must_reconnect = match f {
+                    Ok(Some(f)) => handle(&me, &f, &mut pings, &ledger),
                     _ => true,
                 };
-                if reconnect_needed {
+                if must_reconnect {
                     if c.moved {
                         tokio::time::sleep(Duration::from_millis(c.move_delay_ms)).await;
                     }
-                    if !reconnect(&mut c, &ledger).await { break; }
+                    if !reconnect(&mut c, &plan, &room, &ledger).await { break; }
                 }
             }
         }
@@ -224,28 +453,49 @@ pub async fn run_client(
 }
 
 /// Books one frame; true when the client must reconnect (a `move` or a close).
-fn handle(me: &str, f: &serde_json::Value, ledger: &Mutex<Ledger>) -> bool {
+fn handle(
+    me: &str,
+    f: &serde_json::Value,
+    pings: &mut HashMap<u64, (u64, u64)>,
+    ledger: &Mutex<Ledger>,
+) -> bool {
     let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
     let mut l = ledger.lock().expect("ledger lock");
     match f["type"].as_str() {
         Some("ack") => {
             l.acked.insert((me.to_string(), s("id")));
         }
+        Some("pong") => {
+            if let Some((intended, actual)) = f["id"]
+                .as_str()
+                .and_then(|i| i.parse().ok())
+                .and_then(|i: u64| pings.remove(&i))
+            {
+                l.pongs += 1;
+                l.window.1 += 1;
+                l.record_latency(Some(intended), Some(actual));
+            }
+        }
         Some("error") => {
             l.errors += 1;
             l.window.2 += 1;
         }
         Some("msg") => {
-            *l.delivered
-                .entry((me.to_string(), s("from"), s("id")))
-                .or_default() += 1;
-            l.window.0 += 1;
-            let now = now_us();
-            if let (Some(t), Some(h)) = (f["data"]["at"].as_u64(), l.latency_us.as_mut()) {
-                let _ = h.record(now.saturating_sub(t).max(1));
-            }
-            if let (Some(t), Some(h)) = (f["data"]["ts"].as_u64(), l.service_us.as_mut()) {
-                let _ = h.record(now.saturating_sub(t).max(1));
+            l.window.1 += 1;
+            l.record_latency(f["data"]["at"].as_u64(), f["data"]["ts"].as_u64());
+            if f.get("room").is_some() {
+                l.room_delivered += 1;
+            } else {
+                let from = s("from");
+                *l.delivered
+                    .entry((me.to_string(), from.clone(), s("id")))
+                    .or_default() += 1;
+                if let Some(seq) = f["data"]["seq"].as_u64() {
+                    let last = l.last_seq.entry((me.to_string(), from)).or_insert(0);
+                    let reordered = seq < *last;
+                    *last = (*last).max(seq);
+                    l.out_of_order += usize::from(reordered);
+                }
             }
         }
         Some("move") | Some("close") => return true,
@@ -254,20 +504,36 @@ fn handle(me: &str, f: &serde_json::Value, ledger: &Mutex<Ledger>) -> bool {
     false
 }
 
-async fn reconnect(c: &mut Client, ledger: &Mutex<Ledger>) -> bool {
-    ledger.lock().expect("ledger lock").connected -= 1;
-    let r = c.reconnect(Duration::from_secs(30)).await;
+async fn reconnect(c: &mut Client, plan: &Plan, room: &str, ledger: &Mutex<Ledger>) -> bool {
+    {
+        let mut l = ledger.lock().expect("ledger lock");
+        l.connected -= 1;
+        l.disconnects += 1;
+    }
+    let r = {
+        let _permit = plan
+            .handshakes
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        c.reconnect(Duration::from_secs(60)).await
+    };
+    if r.is_ok() && plan.pattern == Pattern::Room {
+        let _ = c
+            .send_text(json!({"type":"join","room":room}).to_string())
+            .await;
+    }
     let mut l = ledger.lock().expect("ledger lock");
+    // Counted as connected either way: the task's end takes it off once.
+    l.connected += 1;
     match r {
         Ok(()) => {
             l.reconnects += 1;
-            l.connected += 1;
             true
         }
         Err(e) => {
             tracing::warn!(client = %c.client_id, error = %e, "could not reconnect");
             l.connect_failures += 1;
-            l.connected += 1; // balanced by the decrement when the task ends
             false
         }
     }

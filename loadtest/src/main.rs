@@ -1,23 +1,26 @@
-//! rtc-loadtest: N clients through the gateway (resolve, then connect), messages on an open-loop
-//! schedule, a progress line each second, and an exact account: sent, acked, delivered, lost,
-//! duplicated. Exits non-zero if anything acked was lost or delivered twice, or a `--fail-if`
+//! rtc-loadtest: clients that resolve and connect like real ones, messages on an open-loop
+//! schedule, a progress line each second, and an exact account of every message. Past the
+//! per-process open-file cap it shards itself into worker processes and merges their reports.
+//! Exits non-zero if an acked message was lost, duplicated or reordered, or a `--fail-if`
 //! threshold is breached.
 
 use anyhow::Context;
 use clap::Parser;
-use rtc_devkit::client::Endpoints;
-use rtc_loadtest::{run_client, threshold, Ledger, Pattern, Phase};
+use rtc_devkit::client::{http_get, Endpoints};
+use rtc_loadtest::{html, run_client, threshold, Ledger, Pattern, Phase, Plan, Report};
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(
     name = "rtc-loadtest",
     about = "Drive Reactive RTC like real clients and account for every message",
     version
 )]
 struct Args {
-    /// Gateway `host:port` (resolve and WebSockets go through it).
+    /// Gateway `host:port`: resolve, and WebSockets unless --node-routes is given.
     #[arg(long, env = "TARGET", default_value = "127.0.0.1:8080")]
     target: String,
     /// Clients to open.
@@ -32,34 +35,63 @@ struct Args {
     /// Milliseconds between one client's messages (the schedule is open-loop).
     #[arg(long, env = "MSG_INTERVAL", default_value_t = 1000)]
     msg_interval: u64,
+    /// Approximate size of each message's data, bytes.
+    #[arg(long, env = "MSG_SIZE", default_value_t = 64)]
+    msg_size: usize,
     /// Whom messages go to.
     #[arg(long, env = "PATTERN", value_enum, default_value_t = Pattern::Direct)]
     pattern: Pattern,
+    /// Rooms for the room pattern.
+    #[arg(long, env = "ROOMS", default_value_t = 10)]
+    rooms: usize,
+    /// Handshakes (resolve + upgrade) in flight at once, per process.
+    #[arg(long, env = "HANDSHAKES", default_value_t = 256)]
+    handshakes: usize,
+    /// Local source addresses, rotated per client: `127.0.0.1,127.0.0.2` or `127.0.0.1-127.0.0.8`.
+    #[arg(long, env = "SOURCE_ADDRS")]
+    source_addrs: Option<String>,
+    /// Worker processes (0: as many as the open-file limit needs).
+    #[arg(long, env = "WORKERS", default_value_t = 0)]
+    workers: usize,
+    /// Open WebSockets straight to the nodes listed by this gateway admin address's /routes
+    /// (resolve still goes through --target): for more connections than one gateway can hold.
+    #[arg(long, env = "NODE_ROUTES")]
+    node_routes: Option<String>,
     /// Prefix of the clientIds.
     #[arg(long, env = "CLIENT_PREFIX", default_value = "load")]
     prefix: String,
     /// Conditions the run must meet, e.g. 'p99<50ms,lost==0' (metrics: p50 p90 p99 p999 max in
-    /// ms; lost duplicated errors reconnects connect_failures).
+    /// ms; lost duplicated out_of_order errors reconnects connect_failures).
     #[arg(long, env = "FAIL_IF")]
     fail_if: Option<String>,
     /// Print the final report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Write an HTML report with plots to this file.
+    #[arg(long, env = "HTML_REPORT")]
+    html: Option<std::path::PathBuf>,
+    /// Internal: run as worker i of --workers.
+    #[arg(long, hide = true)]
+    worker_index: Option<usize>,
+}
+
+fn soft_open_files() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
 }
 
 /// Refuses a run the machine cannot hold, and says what to change.
-fn check_limits(connections: usize) -> anyhow::Result<()> {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    let soft = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|v| v.parse::<usize>().ok());
-    if let Some(soft) = soft {
+fn check_limits(per_process: usize, sources: usize, direct_targets: usize) -> anyhow::Result<()> {
+    if let Some(soft) = soft_open_files() {
         anyhow::ensure!(
-            connections + 64 <= soft,
-            "{connections} connections need more open files than this process may have ({soft}); raise it with `ulimit -n {}` (the hard limit caps it), or run several processes",
-            connections + 1024
+            per_process + 64 <= soft,
+            "{per_process} connections in one process need more open files than allowed ({soft}): use more --workers or raise `ulimit -n`"
         );
     }
     if let Ok(range) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range") {
@@ -68,13 +100,40 @@ fn check_limits(connections: usize) -> anyhow::Result<()> {
             .filter_map(|x| x.parse().ok())
             .collect();
         if let [lo, hi] = v[..] {
+            let per_pair = per_process / (sources.max(1) * direct_targets.max(1));
             anyhow::ensure!(
-                connections < hi - lo,
-                "{connections} connections to one address exceed the local port range {lo}-{hi}; widen net.ipv4.ip_local_port_range"
+                per_pair < hi - lo,
+                "about {per_pair} connections per source address and target exceed the local port range {lo}-{hi}: add --source-addrs (127.0.0.x) or widen net.ipv4.ip_local_port_range"
             );
         }
     }
     Ok(())
+}
+
+fn parse_sources(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
+    let mut out = Vec::new();
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            None => out.push(
+                part.parse()
+                    .with_context(|| format!("--source-addrs: {part:?}"))?,
+            ),
+            Some((a, b)) => {
+                let (a, b): (std::net::Ipv4Addr, std::net::Ipv4Addr) = (
+                    a.parse()
+                        .with_context(|| format!("--source-addrs: {a:?}"))?,
+                    b.parse()
+                        .with_context(|| format!("--source-addrs: {b:?}"))?,
+                );
+                anyhow::ensure!(
+                    u32::from(a) <= u32::from(b) && u32::from(b) - u32::from(a) < 65536,
+                    "--source-addrs: bad range {part}"
+                );
+                out.extend((u32::from(a)..=u32::from(b)).map(|x| IpAddr::V4(x.into())));
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[tokio::main]
@@ -89,86 +148,63 @@ async fn main() -> anyhow::Result<()> {
         .transpose()
         .map_err(anyhow::Error::msg)
         .context("--fail-if")?;
-    check_limits(args.connections)?;
-    let ep = Endpoints::gateway(&args.target);
-    let ids: Arc<Vec<String>> = Arc::new(
-        (0..args.connections)
-            .map(|i| format!("{}-{i}", args.prefix))
-            .collect(),
-    );
-    let ledger = Arc::new(Mutex::new(Ledger::new()));
-    let (phase_tx, phase_rx) = tokio::sync::watch::channel(Phase::Sending);
-    let start = Arc::new(tokio::sync::Barrier::new(ids.len() + 1));
-    let began = Instant::now();
-    let progress = tokio::spawn(progress_line(ledger.clone(), args.connections, began));
-    let gap = Duration::from_secs(args.ramp_up) / args.connections as u32;
-    let mut tasks = Vec::new();
-    for me in ids.iter() {
-        let interval = Duration::from_millis(args.msg_interval.max(1));
-        tasks.push(tokio::spawn(run_client(
-            ep.clone(),
-            me.clone(),
-            ids.clone(),
-            args.pattern,
-            interval,
-            phase_rx.clone(),
-            ledger.clone(),
-            start.clone(),
-        )));
-        tokio::time::sleep(gap).await;
-    }
-    start.wait().await;
-    eprintln!(
-        "{} clients connected in {:.1} s; sending for {} s",
-        args.connections,
-        began.elapsed().as_secs_f64(),
-        args.duration
-    );
+    let sources = args
+        .source_addrs
+        .as_deref()
+        .map(parse_sources)
+        .transpose()?
+        .unwrap_or_default();
+    let workers = match (args.workers, soft_open_files()) {
+        (0, Some(soft)) => args
+            .connections
+            .div_ceil(soft.saturating_sub(512).max(1000)),
+        (0, None) => 1,
+        (n, _) => n,
+    };
     let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.duration)).await;
-    let send_secs = started.elapsed().as_secs_f64();
-    phase_tx.send(Phase::Quiet)?;
-    // Let acks land, then wait (bounded) until every acked message has been delivered.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = rtc_devkit::wait_for("acked messages to arrive", Duration::from_secs(15), || {
-        let done = ledger.lock().expect("ledger lock").lost().is_empty();
-        async move { done }
-    })
-    .await;
-    phase_tx.send(Phase::Done)?;
-    for t in tasks {
-        let _ = t.await;
+    let report = match args.worker_index {
+        Some(i) => run_shard(&args, i, workers, &sources).await?,
+        None if workers <= 1 => run_shard(&args, 0, 1, &sources).await?,
+        None => run_workers(&args, workers).await?,
+    };
+    if args.worker_index.is_some() {
+        println!("{}", serde_json::to_string(&report)?);
+        return Ok(());
     }
-    progress.abort();
-    let report = ledger.lock().expect("ledger lock").report();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "clients": report.clients, "sent": report.sent, "acked": report.acked, "delivered": report.delivered,
+                "lost": report.lost, "duplicated": report.duplicated, "out_of_order": report.out_of_order,
+                "room_delivered": report.room_delivered, "pongs": report.pongs, "errors": report.errors,
+                "reconnects": report.reconnects, "disconnects": report.disconnects, "connect_failures": report.connect_failures,
+                "latency_ms": {"p50": report.latency_ms_p50, "p90": report.latency_ms_p90, "p99": report.latency_ms_p99, "p999": report.latency_ms_p999, "max": report.latency_ms_max},
+                "service_ms": {"p50": report.service_ms_p50, "p99": report.service_ms_p99},
+                "client_cpu_us_per_msg": report.client_cpu_us_per_msg, "per_node": report.per_node, "workers": workers,
+            }))?
+        );
     } else {
-        let r = &report;
-        println!(
-            "connections: {} ended on nodes {:?}; reconnects {}, connect failures {}",
-            r.clients, r.per_node, r.reconnects, r.connect_failures
+        print_summary(&report, workers, args.duration);
+    }
+    if let Some(path) = &args.html {
+        let title = format!(
+            "rtc-loadtest: {} clients, {:?}, {} s",
+            args.connections, args.pattern, args.duration
         );
-        println!(
-            "messages:    sent {} ({:.0}/s), acked {}, delivered {}, lost {}, duplicated {}, errors {}",
-            r.sent,
-            r.sent as f64 / send_secs,
-            r.acked,
-            r.delivered,
-            r.lost,
-            r.duplicated,
-            r.errors
-        );
-        println!(
-            "latency ms (from intended send): p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}; service p50 {:.2} p99 {:.2}",
-            r.latency_ms_p50, r.latency_ms_p90, r.latency_ms_p99, r.latency_ms_p999, r.latency_ms_max, r.service_ms_p50, r.service_ms_p99
+        std::fs::write(path, html::render(&title, &report))
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "HTML report: {} (run took {:.0} s)",
+            path.display(),
+            started.elapsed().as_secs_f64()
         );
     }
     let mut breaches: Vec<String> = Vec::new();
-    if report.lost > 0 || report.duplicated > 0 {
+    if report.lost > 0 || report.duplicated > 0 || report.out_of_order > 0 {
         breaches.push(format!(
-            "{} lost, {} duplicated",
-            report.lost, report.duplicated
+            "{} lost, {} duplicated, {} out of order",
+            report.lost, report.duplicated, report.out_of_order
         ));
     }
     for t in thresholds.iter().flatten().filter(|t| !t.holds(&report)) {
@@ -178,23 +214,170 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One line a second on stderr: connections, rates, errors, p99 so far.
-async fn progress_line(ledger: Arc<Mutex<Ledger>>, want: usize, began: Instant) {
+fn print_summary(r: &Report, workers: usize, duration: u64) {
+    let active = r.series.last().map_or(0, |s| s.connections);
+    println!(
+        "connections: {} clients ({} worker processes); connect failures {}, disconnects {}, reconnects {}; active at the end {}",
+        r.clients, workers, r.connect_failures, r.disconnects, r.reconnects, active
+    );
+    let received = r.delivered as u64 + r.room_delivered + r.pongs;
+    println!(
+        "messages:    sent {} ({:.0}/s), acked {}, received {} ({:.0}/s); lost {}, duplicated {}, out of order {}, errors {}",
+        r.sent,
+        r.sent as f64 / duration.max(1) as f64,
+        r.acked,
+        received,
+        received as f64 / duration.max(1) as f64,
+        r.lost,
+        r.duplicated,
+        r.out_of_order,
+        r.errors
+    );
+    println!(
+        "latency ms:  p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} (from intended send); service p50 {:.2} p99 {:.2}",
+        r.latency_ms_p50, r.latency_ms_p90, r.latency_ms_p99, r.latency_ms_p999, r.latency_ms_max, r.service_ms_p50, r.service_ms_p99
+    );
+    let mut nodes: Vec<_> = r.per_node.iter().collect();
+    nodes.sort();
+    println!(
+        "per node:    {nodes:?}; client CPU {:.1} µs per message",
+        r.client_cpu_us_per_msg
+    );
+}
+
+/// Spawns `workers` copies of this program, each with a shard of the clients, and merges their
+/// reports.
+async fn run_workers(args: &Args, workers: usize) -> anyhow::Result<Report> {
+    eprintln!(
+        "{} connections over {workers} worker processes",
+        args.connections
+    );
+    let exe = std::env::current_exe()?;
+    let mut children = Vec::new();
+    for i in 0..workers {
+        let mut cmd = tokio::process::Command::new(&exe);
+        cmd.args(std::env::args().skip(1).filter(|a| a != "--json"))
+            .args([
+                "--workers",
+                &workers.to_string(),
+                "--worker-index",
+                &i.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true);
+        children.push(cmd.spawn().context("starting a worker")?);
+    }
+    let mut merged = Report::default();
+    for (i, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().await?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text
+            .lines()
+            .last()
+            .with_context(|| format!("worker {i} printed no report (exit {:?})", out.status))?;
+        let r: Report = serde_json::from_str(line).with_context(|| format!("worker {i} report"))?;
+        merged.merge(&r);
+    }
+    Ok(merged)
+}
+
+/// Runs clients `[i·N/W, (i+1)·N/W)` in this process.
+async fn run_shard(
+    args: &Args,
+    i: usize,
+    workers: usize,
+    sources: &[IpAddr],
+) -> anyhow::Result<Report> {
+    let (lo, hi) = (
+        i * args.connections / workers,
+        (i + 1) * args.connections / workers,
+    );
+    let n = hi - lo;
+    let mut ep = Endpoints::gateway(&args.target);
+    let mut direct_targets = 1;
+    if let Some(admin) = &args.node_routes {
+        let routes: HashMap<String, serde_json::Value> =
+            serde_json::from_str(&http_get(admin, "/routes").await?.body).context("/routes")?;
+        let addrs: HashMap<String, String> = routes
+            .into_iter()
+            .filter_map(|(k, v)| Some((k, v["addr"].as_str()?.to_string())))
+            .collect();
+        direct_targets = addrs.len();
+        ep.ws = Arc::new(move |node| addrs.get(node).cloned());
+    }
+    check_limits(n, sources.len(), direct_targets)?;
+    let tag = if workers > 1 {
+        format!("w{i} ")
+    } else {
+        String::new()
+    };
+    let plan = Plan {
+        ep,
+        peers: Arc::new((lo..hi).map(|k| format!("{}-{k}", args.prefix)).collect()),
+        pattern: args.pattern,
+        interval: Duration::from_millis(args.msg_interval.max(1)),
+        pad: Arc::from("x".repeat(args.msg_size.saturating_sub(60))),
+        rooms: args.rooms,
+        handshakes: Arc::new(tokio::sync::Semaphore::new(args.handshakes.max(1))),
+        sources: Arc::new(sources.to_vec()),
+    };
+    let ledger = Arc::new(Mutex::new(Ledger::new()));
+    let (phase_tx, phase_rx) = tokio::sync::watch::channel(Phase::Sending);
+    let start = Arc::new(tokio::sync::Barrier::new(n + 1));
+    let began = Instant::now();
+    let progress = tokio::spawn(progress(ledger.clone(), n, began, tag.clone()));
+    let gap = Duration::from_secs(args.ramp_up) / n.max(1) as u32;
+    let mut tasks = Vec::with_capacity(n);
+    for k in 0..n {
+        tasks.push(tokio::spawn(run_client(
+            plan.clone(),
+            k,
+            phase_rx.clone(),
+            ledger.clone(),
+            start.clone(),
+        )));
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+    }
+    start.wait().await;
+    eprintln!(
+        "{tag}{n} clients connected in {:.1} s; sending for {} s",
+        began.elapsed().as_secs_f64(),
+        args.duration
+    );
+    let cpu_before = rtc_loadtest::process_cpu_secs();
+    tokio::time::sleep(Duration::from_secs(args.duration)).await;
+    phase_tx.send(Phase::Quiet)?;
+    // Let acks land, then wait (bounded) until every acked message has been delivered.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = rtc_devkit::wait_for("acked messages to arrive", Duration::from_secs(15), || {
+        let done = ledger.lock().expect("ledger lock").lost().is_empty();
+        async move { done }
+    })
+    .await;
+    let cpu = rtc_loadtest::process_cpu_secs() - cpu_before;
+    phase_tx.send(Phase::Done)?;
+    for t in tasks {
+        let _ = t.await;
+    }
+    progress.abort();
+    let report = ledger.lock().expect("ledger lock").report(cpu);
+    Ok(report)
+}
+
+/// One line a second on stderr, and a sample for the report.
+async fn progress(ledger: Arc<Mutex<Ledger>>, want: usize, began: Instant, tag: String) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     loop {
         tick.tick().await;
-        let (conns, (delivered, sent, errors), p99) = {
-            let mut l = ledger.lock().expect("ledger lock");
-            let p99 = l
-                .latency_us
-                .as_ref()
-                .map_or(0.0, |h| h.value_at_quantile(0.99) as f64 / 1000.0);
-            (l.connected, std::mem::take(&mut l.window), p99)
-        };
+        let t = began.elapsed().as_secs_f64();
+        let s = ledger.lock().expect("ledger lock").sample(t);
         eprintln!(
-            "[{:>4.0}s] connections {conns}/{want} | sent {sent}/s delivered {delivered}/s | errors {errors} | p99 {p99:.1} ms",
-            began.elapsed().as_secs_f64()
+            "{tag}[{t:>4.0}s] connections {}/{want} | sent {}/s received {}/s | errors {} | p99 {:.1} ms",
+            s.connections, s.sent, s.delivered, s.errors, s.p99_ms
         );
     }
 }

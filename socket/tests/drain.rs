@@ -4,7 +4,7 @@
 
 use rtc_devkit::client::Endpoints;
 use rtc_devkit::stack::{GatewayHandle, Stack};
-use rtc_loadtest::{run_client, Ledger, Pattern, Phase};
+use rtc_loadtest::{run_client, Ledger, Pattern, Phase, Plan};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -31,15 +31,21 @@ async fn drain_moves_every_client_and_loses_nothing() {
     let ledger = Arc::new(Mutex::new(Ledger::new()));
     let (phase_tx, phase_rx) = watch::channel(Phase::Sending);
     let start = Arc::new(tokio::sync::Barrier::new(ids.len() + 1));
+    let plan = Plan {
+        ep,
+        peers: ids.clone(),
+        pattern: Pattern::Direct,
+        interval: Duration::from_millis(400),
+        pad: Arc::from(""),
+        rooms: 1,
+        handshakes: Arc::new(tokio::sync::Semaphore::new(64)),
+        sources: Arc::new(Vec::new()),
+    };
     let mut tasks = Vec::new();
-    for me in ids.iter() {
-        let interval = Duration::from_millis(400);
+    for k in 0..ids.len() {
         tasks.push(tokio::spawn(run_client(
-            ep.clone(),
-            me.clone(),
-            ids.clone(),
-            Pattern::Direct,
-            interval,
+            plan.clone(),
+            k,
             phase_rx.clone(),
             ledger.clone(),
             start.clone(),
@@ -99,7 +105,7 @@ async fn drain_moves_every_client_and_loses_nothing() {
 
     let (report, lost) = {
         let l = ledger.lock().unwrap();
-        (l.report(), l.lost())
+        (l.report(0.0), l.lost())
     };
     eprintln!("drain: {report:?} clients-on-drained-node {on_drained}");
     settled.unwrap_or_else(|e| panic!("{e}; lost: {:?}", lost.iter().take(10).collect::<Vec<_>>()));
