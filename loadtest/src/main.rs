@@ -256,13 +256,9 @@ async fn run_workers(args: &Args, workers: usize) -> anyhow::Result<Report> {
     let mut children = Vec::new();
     for i in 0..workers {
         let mut cmd = tokio::process::Command::new(&exe);
+        // Same arguments, so a worker computes the same worker count and its own shard.
         cmd.args(std::env::args().skip(1).filter(|a| a != "--json"))
-            .args([
-                "--workers",
-                &workers.to_string(),
-                "--worker-index",
-                &i.to_string(),
-            ])
+            .args(["--worker-index", &i.to_string()])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .kill_on_drop(true);
