@@ -80,6 +80,7 @@ print(f"{t:>8}: {r['pongs'] / secs:8.0f} round trips/s  p50 {r['latency_ms']['p5
 PY
 done
 
+[ "${SKIP_IDLE:-0}" = 1 ] && exit 0
 echo "memory per proxied idle WebSocket at $IDLE connections"
 for target in gateway nginx; do
   if [ $target = gateway ]; then port=$BASE; pids=$GW_PID; else port=$NGX; pids=$(nginx_pids); fi

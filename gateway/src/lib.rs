@@ -85,7 +85,7 @@ pub struct Gateway {
     /// False once shutdown began: /readyz fails and new upgrades are refused.
     pub ready: AtomicBool,
     /// Set to true to close every tunnel with 1001.
-    pub going_away: watch::Sender<bool>,
+    pub going_away: tokio_util::sync::CancellationToken,
     pub metrics: Metrics,
 }
 
@@ -149,7 +149,7 @@ impl ShutdownSignalWatch for Shutdown {
             "gateway shutting down: readiness off"
         );
         tokio::time::sleep(Duration::from_secs(gw.cfg.shutdown_delay_secs)).await;
-        let _ = gw.going_away.send(true);
+        gw.going_away.cancel();
         let deadline =
             tokio::time::Instant::now() + Duration::from_secs(gw.cfg.shutdown_grace_secs);
         while gw.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
@@ -189,13 +189,12 @@ pub fn build(cfg: Config, trigger: Trigger) -> anyhow::Result<Built> {
     let lb_service = background_service("balancer health", lb);
     let balancers = lb_service.task();
 
-    let (going_away, _) = watch::channel(false);
     let gw = Arc::new(Gateway {
         routes: Arc::new(Routes::default()),
         balancers,
         active: AtomicUsize::new(0),
         ready: AtomicBool::new(true),
-        going_away,
+        going_away: tokio_util::sync::CancellationToken::new(),
         metrics: Metrics::new(),
         cfg,
     });

@@ -252,7 +252,7 @@ enum End {
 /// Client→node reads use a small buffer; node→client reads allocate only once bytes are there,
 /// so an idle WebSocket holds almost nothing.
 const CLIENT_READ_BUF: usize = 2048;
-const NODE_READ_BUF: usize = 16 * 1024;
+const NODE_READ_BUF: usize = 4096;
 
 /// Copies bytes both ways until either side closes or the gateway goes away. Going away, the
 /// client gets a 1001 close frame at the next frame boundary; a client silent for the idle
@@ -310,19 +310,25 @@ async fn copy(
     up: &mut TcpStream,
     tracker: &mut FrameTracker,
 ) -> End {
-    let mut going_away = gw.going_away.subscribe();
+    // Both live across iterations: re-creating a timer and a waiter per message costs more than
+    // the copy itself.
+    let going_away = gw.going_away.clone().cancelled_owned();
+    tokio::pin!(going_away);
     let idle = Duration::from_secs(gw.cfg.ws_idle_timeout_secs);
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
     let mut cbuf = vec![0u8; CLIENT_READ_BUF];
     loop {
-        let leaving = *going_away.borrow();
+        let leaving = gw.going_away.is_cancelled();
         if leaving && tracker.at_boundary() {
             return End::GoingAway;
         }
         tokio::select! {
-            r = tokio::time::timeout(idle, client.read(&mut cbuf)) => match r {
-                Err(_) => return End::ClientIdle,
-                Ok(Ok(0)) | Ok(Err(_)) => return End::ClientGone,
-                Ok(Ok(n)) => {
+            () = &mut idle_timer => return End::ClientIdle,
+            r = client.read(&mut cbuf) => match r {
+                Ok(0) | Err(_) => return End::ClientGone,
+                Ok(n) => {
+                    idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
                     if up.write_all(&cbuf[..n]).await.is_err() {
                         return End::NodeGone;
                     }
@@ -332,11 +338,12 @@ async fn copy(
                 if r.is_err() {
                     return End::NodeGone;
                 }
-                let mut buf = bytes::BytesMut::zeroed(NODE_READ_BUF);
-                match up.try_read(&mut buf) {
+                // Uninitialised capacity, allocated only now: no zero-fill per message, and
+                // nothing held while the WebSocket is idle.
+                let mut buf = bytes::BytesMut::with_capacity(NODE_READ_BUF);
+                match up.try_read_buf(&mut buf) {
                     Ok(0) => return End::NodeGone,
-                    Ok(n) => {
-                        buf.truncate(n);
+                    Ok(_) => {
                         let mut data = buf.freeze();
                         let mut stop = false;
                         if leaving {
@@ -358,7 +365,7 @@ async fn copy(
                     Err(_) => return End::NodeGone,
                 }
             }
-            _ = going_away.changed() => {}
+            () = &mut going_away, if !leaving => {}
         }
     }
 }
