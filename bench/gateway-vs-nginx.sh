@@ -63,20 +63,25 @@ for pid in $(ps -o pid= --ppid "$LOCAL"); do
 done
 rss_kib() { local t=0; for p in "$@"; do t=$(( t + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0) )); done; echo $t; }
 nginx_pids() { echo "$NGINX_PID" $(ps -o pid= --ppid "$NGINX_PID"); }
+# CPU seconds (user + system) used so far by the given processes.
+cpu_secs() { local t=0; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done; echo "$t"; }
 
 echo "round trips: $CONNS clients, one ping every $INTERVAL ms each, $SECS s"
 for target in direct gateway nginx; do
   case $target in
-    direct) args=(--target "127.0.0.1:$(( BASE + 2 ))" --node-routes "127.0.0.1:$(( BASE + 1 ))") ;;
-    gateway) args=(--target "127.0.0.1:$BASE") ;;
-    nginx) args=(--target "127.0.0.1:$NGX") ;;
+    direct) args=(--target "127.0.0.1:$(( BASE + 2 ))" --node-routes "127.0.0.1:$(( BASE + 1 ))"); proxy="" ;;
+    gateway) args=(--target "127.0.0.1:$BASE"); proxy=$GW_PID ;;
+    nginx) args=(--target "127.0.0.1:$NGX"); proxy=$(nginx_pids) ;;
   esac
+  cpu0=$(cpu_secs $proxy)
   $BIN/rtc-loadtest "${args[@]}" --connections "$CONNS" --ramp-up 3 --duration "$SECS" --msg-interval "$INTERVAL" \
     --pattern ping --prefix "rt-$target" --json 2>/dev/null > "$LOG/$target.json" || true
-  python3 - "$LOG/$target.json" "$target" "$SECS" <<'PY'
+  cpu1=$(cpu_secs $proxy)
+  python3 - "$LOG/$target.json" "$target" "$SECS" "$(( cpu1 - cpu0 ))" <<'PY'
 import json, sys
-r = json.load(open(sys.argv[1])); t = sys.argv[2]; secs = float(sys.argv[3])
-print(f"{t:>8}: {r['pongs'] / secs:8.0f} round trips/s  p50 {r['latency_ms']['p50']:6.2f} ms  p99 {r['latency_ms']['p99']:7.2f} ms  failed upgrades {r['connect_failures']}")
+r = json.load(open(sys.argv[1])); t = sys.argv[2]; secs = float(sys.argv[3]); ticks = int(sys.argv[4])
+cpu = f"proxy CPU {ticks * 1e4 / max(1, r['pongs']):5.1f} us/round trip" if t != "direct" else ""
+print(f"{t:>8}: {r['pongs'] / secs:8.0f} round trips/s  p50 {r['latency_ms']['p50']:6.2f} ms  p99 {r['latency_ms']['p99']:7.2f} ms  failed upgrades {r['connect_failures']}  {cpu}")
 PY
 done
 
