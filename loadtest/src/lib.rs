@@ -78,8 +78,8 @@ pub struct Ledger {
     pub sent_total: u64,
     pub acked: HashSet<(String, String)>,
     pub errors: usize,
-    /// (recipient, sender, id) → times delivered, for direct messages.
-    pub delivered: HashMap<(String, String, String), usize>,
+    /// (recipient, sender, id) → (times delivered, offset of the first delivery).
+    pub delivered: HashMap<(String, String, String), (usize, i64)>,
     /// Newest seq seen per (recipient, sender), to spot reordering.
     last_seq: HashMap<(String, String), u64>,
     pub out_of_order: usize,
@@ -290,7 +290,7 @@ impl Ledger {
             acked: self.acked.len(),
             delivered: self.delivered.len(),
             lost: self.lost().len(),
-            duplicated: self.delivered.values().filter(|&&n| n > 1).count(),
+            duplicated: self.delivered.values().filter(|(n, _)| *n > 1).count(),
             out_of_order: self.out_of_order,
             room_delivered: self.room_delivered,
             pongs: self.pongs,
@@ -487,9 +487,18 @@ fn handle(
                 l.room_delivered += 1;
             } else {
                 let from = s("from");
-                *l.delivered
+                let offset = f["offset"].as_i64().unwrap_or(-1);
+                let seen = l
+                    .delivered
                     .entry((me.to_string(), from.clone(), s("id")))
-                    .or_default() += 1;
+                    .or_insert((0, offset));
+                seen.0 += 1;
+                if seen.0 > 1 {
+                    // Same offset twice would be a server bug; two offsets mean the record is in
+                    // Kafka twice (a producer retry the broker did not deduplicate).
+                    let first = seen.1;
+                    tracing::warn!(recipient = me, from = %from, id = %s("id"), first_offset = first, offset, "duplicate delivery");
+                }
                 if let Some(seq) = f["data"]["seq"].as_u64() {
                     let last = l.last_seq.entry((me.to_string(), from)).or_insert(0);
                     let reordered = seq < *last;
