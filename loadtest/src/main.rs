@@ -215,10 +215,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn print_summary(r: &Report, workers: usize, duration: u64) {
-    let active = r.series.last().map_or(0, |s| s.connections);
+    let peak = r.series.iter().map(|s| s.connections).max().unwrap_or(0);
     println!(
-        "connections: {} clients ({} worker processes); connect failures {}, disconnects {}, reconnects {}; active at the end {}",
-        r.clients, workers, r.connect_failures, r.disconnects, r.reconnects, active
+        "connections: {} clients ({} worker processes); peak connected {}; connect failures {}, disconnects {}, reconnects {}",
+        r.clients, workers, peak, r.connect_failures, r.disconnects, r.reconnects
     );
     let received = r.delivered as u64 + r.room_delivered + r.pongs;
     println!(

@@ -1,7 +1,10 @@
-//! Per-slot message history for resume: bounded by count and age, complete from `floor` on.
-//! Pure data structure; the slot lock in `node.rs` makes its use race-free.
+//! Per-slot message history for resume: bounded by count and age, complete from `floor` on, and
+//! aware of which (recipient, sender, id) it holds, so a record stored twice in Kafka (a
+//! producer retry the broker could not deduplicate, or a client retrying a send) is delivered
+//! once. Pure data structure; the slot lock in `node.rs` makes its use race-free.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// One delivered record of the slot.
@@ -12,6 +15,25 @@ pub struct Entry {
     /// The `msg` frame, serialized once and shared.
     pub frame: Utf8Bytes,
     pub at_ms: u64,
+    /// Identity of the message: a hash of (recipient, sender, sender's id).
+    pub key: u64,
+}
+
+/// The identity of a direct message, for deduplication.
+pub fn message_key(recipient: &str, from: &str, id: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (recipient, from, id).hash(&mut h);
+    h.finish()
+}
+
+/// What `History::push` did with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    Stored,
+    /// An offset already consumed (a re-assigned partition read again).
+    Old,
+    /// A new offset carrying a message already held: skipped, but the position advanced.
+    Duplicate,
 }
 
 /// The records of one partition the node has seen, newest last.
@@ -23,6 +45,8 @@ pub struct History {
     floor: Option<i64>,
     /// The newest offset consumed, -1 when none.
     last: i64,
+    /// Keys of the entries held.
+    keys: HashSet<u64>,
 }
 
 impl History {
@@ -31,6 +55,7 @@ impl History {
             entries: VecDeque::new(),
             floor: None,
             last: -1,
+            keys: HashSet::new(),
         }
     }
 
@@ -63,19 +88,22 @@ impl History {
         self.entries.is_empty()
     }
 
-    /// Appends a record; returns false (and keeps nothing) for an offset already seen, which
-    /// happens when a partition is re-assigned from an earlier position.
-    pub fn push(&mut self, e: Entry, max_len: usize, min_at_ms: u64) -> bool {
+    /// Appends a record. An offset already seen (a partition re-assigned from an earlier
+    /// position) is `Old`; a message already held under another offset is `Duplicate`.
+    pub fn push(&mut self, e: Entry, max_len: usize, min_at_ms: u64) -> Pushed {
         if e.offset <= self.last && self.floor.is_some() {
-            return false;
+            return Pushed::Old;
         }
         if self.floor.is_none() {
             self.floor = Some(e.offset);
         }
         self.last = e.offset;
+        if !self.keys.insert(e.key) {
+            return Pushed::Duplicate;
+        }
         self.entries.push_back(e);
         self.trim(max_len, min_at_ms);
-        true
+        Pushed::Stored
     }
 
     /// Drops entries over `max_len` or older than `min_at_ms`, raising `floor`.
@@ -83,6 +111,7 @@ impl History {
         while let Some(front) = self.entries.front() {
             if self.entries.len() > max_len || front.at_ms < min_at_ms {
                 self.floor = Some(front.offset + 1);
+                self.keys.remove(&front.key);
                 self.entries.pop_front();
             } else {
                 break;
@@ -113,11 +142,13 @@ mod tests {
     use super::*;
 
     fn e(offset: i64, to: &str, at: u64) -> Entry {
+        let key = message_key(to, "sender", &offset.to_string());
         Entry {
             offset,
             recipient: to.into(),
             frame: Utf8Bytes::from(format!("m{offset}")),
             at_ms: at,
+            key,
         }
     }
 
@@ -126,15 +157,16 @@ mod tests {
         let mut h = History::new();
         h.start_at(10);
         for (o, to) in [(10, "a"), (11, "b"), (12, "a"), (13, "a")] {
-            assert!(h.push(e(o, to, 0), 100, 0));
+            assert_eq!(h.push(e(o, to, 0), 100, 0), Pushed::Stored);
         }
         let got: Vec<i64> = h.after("a", 10).map(|x| x.offset).collect();
         assert_eq!(got, vec![12, 13]);
         assert!(h.covers(9), "resume 9 needs 10.. which is complete");
         assert!(!h.covers(8), "offset 9 was never seen");
         assert_eq!(h.last_offset(), 13);
-        assert!(
-            !h.push(e(12, "a", 0), 100, 0),
+        assert_eq!(
+            h.push(e(12, "a", 0), 100, 0),
+            Pushed::Old,
             "a re-delivered offset is ignored"
         );
     }
@@ -155,6 +187,31 @@ mod tests {
             vec![8, 9]
         );
         assert_eq!(h.floor(), Some(8));
+    }
+
+    #[test]
+    fn a_message_stored_twice_is_kept_once_until_it_leaves_the_window() {
+        let mut h = History::new();
+        h.start_at(0);
+        let twice = |offset| Entry {
+            key: message_key("a", "s", "x"),
+            ..e(offset, "a", 0)
+        };
+        assert_eq!(h.push(twice(0), 2, 0), Pushed::Stored);
+        assert_eq!(h.push(twice(1), 2, 0), Pushed::Duplicate);
+        assert_eq!(
+            h.last_offset(),
+            1,
+            "the position advances past the duplicate"
+        );
+        assert_eq!(h.after("a", -1).count(), 1);
+        h.push(e(2, "a", 0), 2, 0);
+        h.push(e(3, "a", 0), 2, 0);
+        assert_eq!(
+            h.push(twice(4), 2, 0),
+            Pushed::Stored,
+            "out of the window, the id is new again"
+        );
     }
 
     #[test]

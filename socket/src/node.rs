@@ -9,7 +9,7 @@
 
 use crate::config::Config;
 use crate::conn::{CloseReason, Conn};
-use crate::history::{Entry, History};
+use crate::history::{Entry, History, Pushed};
 use crate::metrics::Metrics;
 use rdkafka::producer::FutureProducer;
 use rtc_common::protocol::{close, ErrorCode, ServerFrame};
@@ -472,7 +472,15 @@ impl Node {
     }
 
     /// A record of `rtc.deliver` for `recipient` at `offset` in slot `s`.
-    pub fn deliver(&self, s: u32, offset: i64, recipient: &str, frame: Utf8Bytes, at_ms: u64) {
+    pub fn deliver(
+        &self,
+        s: u32,
+        offset: i64,
+        recipient: &str,
+        key: u64,
+        frame: Utf8Bytes,
+        at_ms: u64,
+    ) {
         let now = rtc_common::telemetry::now_ms();
         let min_at = now.saturating_sub(self.cfg.history_max_age_secs * 1000);
         let mut slot = self.slot(s);
@@ -484,16 +492,24 @@ impl Node {
             recipient: recipient.into(),
             frame: frame.clone(),
             at_ms,
+            key,
         };
-        if !slot
+        let pushed = slot
             .history
-            .push(entry, self.cfg.history_max_messages, min_at)
-        {
+            .push(entry, self.cfg.history_max_messages, min_at);
+        if pushed == Pushed::Old {
             return;
         }
         if slot.load_target.is_some_and(|t| offset + 1 >= t) {
             slot.phase = Phase::Ready;
             slot.load_target = None;
+        }
+        if pushed == Pushed::Duplicate {
+            self.metrics
+                .messages
+                .with_label_values(&["duplicate_dropped"])
+                .inc();
+            return;
         }
         if let Some(m) = slot.members.get_mut(recipient) {
             if offset > m.last {

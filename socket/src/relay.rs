@@ -72,11 +72,18 @@ fn record_ms(m: &impl Message) -> u64 {
         .unwrap_or_else(rtc_common::telemetry::now_ms)
 }
 
-/// Builds the `msg` frame of a record, or None for a record that is not ours to parse.
-fn frame_of(payload: Option<&[u8]>, offset: Option<i64>) -> Option<Utf8Bytes> {
+/// Builds the `msg` frame of a record, or None for a record that is not ours to parse; with the
+/// message's identity for `recipient` (see `history::message_key`).
+fn frame_of(
+    payload: Option<&[u8]>,
+    offset: Option<i64>,
+    recipient: &str,
+) -> Option<(Utf8Bytes, u64)> {
     let env: Envelope = serde_json::from_slice(payload?).ok()?;
-    Some(Utf8Bytes::from(
-        MsgFrame::from_envelope(&env, offset).to_json(),
+    let key = crate::history::message_key(recipient, env.from, env.id);
+    Some((
+        Utf8Bytes::from(MsgFrame::from_envelope(&env, offset).to_json()),
+        key,
     ))
 }
 
@@ -108,11 +115,12 @@ pub async fn run_deliver(
             _ = retry.tick() => dirty = !node.unstarted().is_empty(),
             r = consumer.recv() => match r {
                 Ok(m) => {
-                    let (Some(key), Some(frame)) = (m.key().and_then(|k| std::str::from_utf8(k).ok()), frame_of(m.payload(), Some(m.offset()))) else {
+                    let recipient = m.key().and_then(|k| std::str::from_utf8(k).ok());
+                    let Some((recipient, (frame, key))) = recipient.and_then(|r| Some((r, frame_of(m.payload(), Some(m.offset()), r)?))) else {
                         tracing::warn!(partition = m.partition(), offset = m.offset(), "skipping a malformed deliver record");
                         continue;
                     };
-                    node.deliver(m.partition() as u32, m.offset(), key, frame, record_ms(&m));
+                    node.deliver(m.partition() as u32, m.offset(), recipient, key, frame, record_ms(&m));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "deliver consumer error");
@@ -196,7 +204,7 @@ pub async fn run_rooms(
             r = consumer.recv() => match r {
                 Ok(m) => {
                     let Some(room) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
-                    if let Some(frame) = frame_of(m.payload(), None) {
+                    if let Some((frame, _)) = frame_of(m.payload(), None, room) {
                         node.fan_out(room, frame);
                     }
                 }

@@ -296,3 +296,55 @@ async fn a_stopped_node_closes_with_1001_and_its_clients_resume_elsewhere() {
     assert_eq!(got, ids);
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_stored_twice_in_kafka_is_delivered_once() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let stack = Stack::start(1, |_| {}).await;
+    let ep = stack.endpoints();
+    let bob_id = stack.client_on(0, "bob");
+    let mut bob = Client::connect(&ep, &bob_id, None, T).await.unwrap();
+    let resume = bob.offset;
+    // A backend producing to rtc.deliver itself (docs/protocol.md §5), retrying one message.
+    let producer: FutureProducer =
+        rtc_common::kafka::producer_config(&stack.kafka.bootstrap, Duration::from_secs(5))
+            .create()
+            .unwrap();
+    let slot = rtc_common::slot::slot_of(&bob_id, support::SLOTS) as i32;
+    for (id, n) in [("dup", 1), ("dup", 1), ("other", 2)] {
+        let value = json!({"from":"backend","id":id,"data":n}).to_string();
+        let rec = FutureRecord::to(rtc_common::kafka::DELIVER_TOPIC)
+            .partition(slot)
+            .key(&bob_id)
+            .payload(&value);
+        producer
+            .send(rec, Duration::from_secs(5))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    let ids: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..2 {
+            v.push(
+                bob.until(T, |f| f["type"] == "msg").await.unwrap()["id"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            );
+        }
+        v
+    };
+    assert_eq!(ids, vec!["dup", "other"], "the second copy is dropped live");
+    // And on replay.
+    drop(bob);
+    let mut bob = Client::connect(&ep, &bob_id, resume, T).await.unwrap();
+    let mut replayed = Vec::new();
+    while let Ok(Some(f)) = bob.next(Duration::from_millis(700)).await {
+        if f["type"] == "msg" {
+            replayed.push(f["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(replayed, vec!["dup", "other"], "and on replay");
+    stack.shutdown().await;
+}
