@@ -13,7 +13,7 @@ CONNS=${CONNS:-1000}
 INTERVAL=${INTERVAL:-50}
 SECS=${SECS:-15}
 IDLE=${IDLE:-9000}
-BASE=${BASE_PORT:-38080}
+BASE=${BASE_PORT:-21080}
 NGX=$(( BASE + 5 ))
 command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
 cargo build --release --bins --quiet

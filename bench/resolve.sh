@@ -4,7 +4,7 @@
 # slots. One line per figure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BASE=${BASE_PORT:-48080}
+BASE=${BASE_PORT:-23080}
 command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --bins --examples --quiet
 BIN=target/release

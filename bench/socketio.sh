@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${N:-2000}; INTERVAL=${INTERVAL:-1000}; SECS=${SECS:-20}
-BASE=${BASE_PORT:-58080}
+BASE=${BASE_PORT:-25080}
 command -v node >/dev/null || { echo "node (Node.js) is needed for the Socket.IO side"; exit 1; }
 (cd bench/socketio && npm install --no-audit --no-fund --silent >/dev/null)
 cargo build --release --bins --quiet
@@ -25,6 +25,7 @@ sleep 1
 node bench/socketio/server.js $(( BASE + 1 )) "redis://127.0.0.1:$REDIS_PORT" > "$LOG/sio1.log" 2>&1 & S1=$!; PIDS+=("$S1")
 node bench/socketio/server.js $(( BASE + 2 )) "redis://127.0.0.1:$REDIS_PORT" > "$LOG/sio2.log" 2>&1 & S2=$!; PIDS+=("$S2")
 sleep 2
+kill -0 "$S1" && kill -0 "$S2" || { cat "$LOG"/sio*.log; echo "a Socket.IO node did not start"; exit 1; }
 before=$(rss_kib "$S1" "$S2")
 node bench/socketio/client.js "$(( BASE + 1 )),$(( BASE + 2 ))" "$N" "$INTERVAL" "$SECS" > "$LOG/sio.json" 2> "$LOG/sio.err" &
 C=$!; PIDS+=("$C")

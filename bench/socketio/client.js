@@ -33,6 +33,7 @@ const start = () => {
     process.exit(0);
   }, seconds * 1000 + 5000);
 };
+setTimeout(() => { if (connected < n) { console.error(`only ${connected} of ${n} clients connected`); process.exit(1); } }, 120000);
 ids.forEach((id, k) => {
   const s = io(`http://127.0.0.1:${ports[k % ports.length]}`, { transports: ["websocket"], query: { clientId: id }, reconnection: true });
   s.on("connect", () => { connected += 1; if (connected === n) { console.error(`${n} clients connected`); start(); } });
