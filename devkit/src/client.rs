@@ -190,10 +190,10 @@ impl Client {
             url.push_str(&format!("&resumeOffset={r}"));
         }
         let req = url.into_client_request()?;
-        // tungstenite's default 128 KiB read buffer is resident per connection; 4 KiB is plenty
+        // tungstenite's default 128 KiB read buffer is resident per connection; 2 KiB is plenty
         // for our frames and lets one process hold many clients.
         let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
-            .read_buffer_size(4096);
+            .read_buffer_size(2048);
         let stream = MaybeTlsStream::Plain(tcp_connect(&addr, ep.bind).await?);
         let ws = match tokio_tungstenite::client_async_with_config(req, stream, Some(cfg)).await {
             Ok((ws, _)) => ws,

@@ -366,7 +366,9 @@ pub async fn run_client(
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        Client::connect(&ep, &me, None, Duration::from_secs(60)).await
+        // Boxed: the handshake's state is large and needed only briefly; inline it would sit in
+        // every client's task for the whole run.
+        Box::pin(Client::connect(&ep, &me, None, Duration::from_secs(60))).await
     };
     let mut c = match connected {
         Ok(c) => c,
@@ -525,7 +527,7 @@ async fn reconnect(c: &mut Client, plan: &Plan, room: &str, ledger: &Mutex<Ledge
             .acquire()
             .await
             .expect("the semaphore is never closed");
-        c.reconnect(Duration::from_secs(60)).await
+        Box::pin(c.reconnect(Duration::from_secs(60))).await
     };
     if r.is_ok() && plan.pattern == Pattern::Room {
         let _ = c
