@@ -167,6 +167,34 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
+/// Asserts that connecting `client_id` now is refused with `status`, `Retry-After` and `code`
+/// (the documented JSON body), and returns the reply.
+pub async fn expect_refusal(
+    ep: &Endpoints,
+    client_id: &str,
+    status: u16,
+    retry_after: Option<&str>,
+    code: &str,
+) -> HttpReply {
+    let err = match Client::connect_once(ep, client_id, None).await {
+        Ok(_) => panic!("{client_id} was accepted; expected {status} {code}"),
+        Err(e) => e,
+    };
+    let r = err
+        .downcast_ref::<Refused>()
+        .unwrap_or_else(|| panic!("not an HTTP refusal: {err:#}"))
+        .0
+        .clone();
+    assert_eq!(
+        (r.status, r.retry_after.as_deref()),
+        (status, retry_after),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains(code), "{}", r.body);
+    r
+}
+
 impl Client {
     /// Resolves and connects once; a refusal is returned as a `Refused` error.
     pub async fn connect_once(

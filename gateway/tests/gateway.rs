@@ -312,21 +312,7 @@ async fn gateway_connection_cap_refuses_with_503() {
     let ep = Endpoints::gateway(&gw.addr);
     let _a = Client::connect(&ep, "cap-a", None, T).await.unwrap();
     let _b = Client::connect(&ep, "cap-b", None, T).await.unwrap();
-    let err = Client::connect_once(&ep, "cap-c", None)
-        .await
-        .err()
-        .expect("refused");
-    let r = &err
-        .downcast_ref::<rtc_devkit::client::Refused>()
-        .expect("an HTTP refusal")
-        .0;
-    assert_eq!(
-        (r.status, r.retry_after.as_deref()),
-        (503, Some("5")),
-        "{}",
-        r.body
-    );
-    assert!(r.body.contains("too_many_connections"), "{}", r.body);
+    rtc_devkit::client::expect_refusal(&ep, "cap-c", 503, Some("5"), "too_many_connections").await;
     drop(_a);
     // The slot frees when a tunnel ends.
     rtc_devkit::wait_for("a freed slot", T, || {

@@ -46,21 +46,7 @@ async fn node_refuses_other_nodes_paths_and_enforces_its_connection_cap() {
     let ep = stack.endpoints();
     let _a = Client::connect(&ep, "cap-a", None, T).await.unwrap();
     let _b = Client::connect(&ep, "cap-b", None, T).await.unwrap();
-    let refused = Client::connect_once(&ep, "cap-c", None)
-        .await
-        .err()
-        .expect("third connection refused");
-    let r = &refused
-        .downcast_ref::<rtc_devkit::client::Refused>()
-        .expect("an HTTP refusal")
-        .0;
-    assert_eq!(
-        (r.status, r.retry_after.as_deref()),
-        (503, Some("5")),
-        "{}",
-        r.body
-    );
-    assert!(r.body.contains("too_many_connections"), "{}", r.body);
+    rtc_devkit::client::expect_refusal(&ep, "cap-c", 503, Some("5"), "too_many_connections").await;
     stack.shutdown().await;
 }
 
