@@ -1,7 +1,7 @@
 //! Prometheus metrics of one socket node (names kept from the documented design), in a
 //! registry per node so several nodes can live in one test process.
 
-use prometheus::{Gauge, GaugeVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -19,6 +19,11 @@ pub struct Metrics {
     pub owned_slots: IntGauge,
     pub ring_epoch: IntGauge,
     pub moves: IntCounterVec,
+    /// `messages` children used per message, resolved once (a label lookup hashes and locks).
+    pub sent: IntCounter,
+    pub delivered: IntCounter,
+    pub room_delivered: IntCounter,
+    pub duplicate_dropped: IntCounter,
 }
 
 impl Metrics {
@@ -28,6 +33,11 @@ impl Metrics {
             Some([("node".to_string(), node_id.to_string())].into()),
         )
         .expect("static labels are valid");
+        let messages = IntCounterVec::new(
+            Opts::new("rtc_socket_messages_total", "Messages handled, by kind"),
+            &["kind"],
+        )
+        .unwrap();
         let m = Metrics {
             active_connections: IntGauge::new(
                 "rtc_socket_active_connections",
@@ -42,11 +52,11 @@ impl Metrics {
                 &["quantile"],
             )
             .unwrap(),
-            messages: IntCounterVec::new(
-                Opts::new("rtc_socket_messages_total", "Messages handled, by kind"),
-                &["kind"],
-            )
-            .unwrap(),
+            sent: messages.with_label_values(&["sent"]),
+            delivered: messages.with_label_values(&["delivered"]),
+            room_delivered: messages.with_label_values(&["room_delivered"]),
+            duplicate_dropped: messages.with_label_values(&["duplicate_dropped"]),
+            messages,
             refused: IntCounterVec::new(
                 Opts::new(
                     "rtc_socket_refused_total",

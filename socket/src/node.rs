@@ -505,20 +505,14 @@ impl Node {
             slot.load_target = None;
         }
         if pushed == Pushed::Duplicate {
-            self.metrics
-                .messages
-                .with_label_values(&["duplicate_dropped"])
-                .inc();
+            self.metrics.duplicate_dropped.inc();
             return;
         }
         if let Some(m) = slot.members.get_mut(recipient) {
             if offset > m.last {
                 m.last = offset;
                 if m.conn.push(frame) {
-                    self.metrics
-                        .messages
-                        .with_label_values(&["delivered"])
-                        .inc();
+                    self.metrics.delivered.inc();
                     self.delivered_window.fetch_add(1, Ordering::Relaxed);
                     let us = now.saturating_sub(at_ms) * 1000;
                     if let Ok(mut h) = self.latency_us.lock() {
@@ -559,10 +553,7 @@ impl Node {
         };
         for c in members {
             if c.push(frame.clone()) {
-                self.metrics
-                    .messages
-                    .with_label_values(&["room_delivered"])
-                    .inc();
+                self.metrics.room_delivered.inc();
             }
         }
     }

@@ -499,7 +499,7 @@ fn confirm(
     tokio::spawn(async move {
         let frame = match fut.await {
             Ok(offset) => {
-                node.metrics.messages.with_label_values(&["sent"]).inc();
+                node.metrics.sent.inc();
                 ServerFrame::Ack {
                     id: &id,
                     offset: Some(offset),
