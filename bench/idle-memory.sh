@@ -3,6 +3,7 @@
 # gateway (resolve, connect, welcome) that then stay idle, and prints one line per figure: the
 # growth of resident memory per connection of the socket nodes, the gateway and the client.
 #   bench/idle-memory.sh [N]        (default 6000; each proxied connection costs the gateway 2 fds)
+#   NODES=1 DIRECT=1 bench/idle-memory.sh 10000   (WebSockets straight to one node: its figure at N)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-6000}
@@ -14,7 +15,7 @@ rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 ports() { echo "--gateway-port $1 --admin-port $(( $1 + 1 )) --balancer-port $(( $1 + 2 )) --socket-base-port $(( $1 + 10 ))"; }
 BASE=${BASE_PORT:-18080}
 # shellcheck disable=SC2046
-$BIN/rtc-local $(ports "$BASE") > "$LOG/local.log" 2>&1 &
+$BIN/rtc-local --nodes "${NODES:-3}" $(ports "$BASE") > "$LOG/local.log" 2>&1 &
 LOCAL=$!
 cleanup() { kill -INT "$LOCAL" 2>/dev/null || true; [ -n "${LT:-}" ] && kill "$LT" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$LOG"; }
 trap cleanup EXIT
@@ -30,7 +31,7 @@ for pid in $(ps -o pid= --ppid "$LOCAL"); do
 done
 declare -A BEFORE
 for pid in "${!ROLE[@]}"; do BEFORE[$pid]=$(rss_kib "$pid"); done
-$BIN/rtc-loadtest --target "127.0.0.1:$BASE" --connections "$N" --ramp-up 10 --duration "$HOLD" --msg-interval 36000000 --prefix idle > "$LOG/lt.log" 2>&1 &
+"$BIN/rtc-loadtest" --target "127.0.0.1:$BASE" ${DIRECT:+--node-routes "127.0.0.1:$(( BASE + 1 ))"} --connections "$N" --ramp-up 10 --duration "$HOLD" --msg-interval 36000000 --prefix idle > "$LOG/lt.log" 2>&1 &
 LT=$!
 for _ in $(seq 1 240); do grep -q "clients connected" "$LOG/lt.log" && break; sleep 0.5; done
 grep -q "clients connected" "$LOG/lt.log" || { cat "$LOG/lt.log"; exit 1; }
