@@ -69,7 +69,6 @@ pub fn assigned_consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "10")
         .set("fetch.error.backoff.ms", "50");

@@ -104,13 +104,18 @@ impl Ring {
     }
 }
 
-/// A node's quota: it must own `floor` or `floor + 1` slots (`floor + 1` only if `frac`).
+/// A node's quota: it must own `floor` or `floor + 1` slots (`floor + 1` only if `frac()`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quota {
     pub floor: usize,
-    /// Whether S·w/W has a fractional part, i.e. the node may take one extra slot.
-    pub frac: bool,
     rem: u128,
+}
+
+impl Quota {
+    /// Whether S·w/W has a fractional part, i.e. the node may take one extra slot.
+    pub fn frac(&self) -> bool {
+        self.rem > 0
+    }
 }
 
 /// Exact integer quotas for `slots` slots shared by weight (weights > 0 only).
@@ -123,14 +128,7 @@ pub fn quotas(slots: usize, weights: &BTreeMap<String, u64>) -> BTreeMap<String,
             let x = slots as u128 * u128::from(w);
             let floor = (x / total) as usize;
             let rem = x % total;
-            (
-                n.clone(),
-                Quota {
-                    floor,
-                    frac: rem > 0,
-                    rem,
-                },
-            )
+            (n.clone(), Quota { floor, rem })
         })
         .collect()
 }
@@ -249,7 +247,7 @@ fn targets<'a>(
     let extras = slots - q.values().map(|x| x.floor).sum::<usize>();
     let mut eligible: Vec<(&str, &Quota)> = q
         .iter()
-        .filter(|(_, x)| x.frac)
+        .filter(|(_, x)| x.frac())
         .map(|(n, x)| (n.as_str(), x))
         .collect();
     eligible.sort_by(|(a, qa), (b, qb)| {
@@ -290,7 +288,7 @@ mod tests {
             }
         }
         let extras = current.len() - q.values().map(|x| x.floor).sum::<usize>();
-        let eligible: Vec<&String> = q.iter().filter(|(_, x)| x.frac).map(|(n, _)| n).collect();
+        let eligible: Vec<&String> = q.iter().filter(|(_, x)| x.frac()).map(|(n, _)| n).collect();
         let mut best = usize::MAX;
         for mask in 0u32..(1 << eligible.len()) {
             if mask.count_ones() as usize != extras {
@@ -326,7 +324,7 @@ mod tests {
         for (n, x) in &q {
             let c = counts.get(n.as_str()).copied().unwrap_or(0);
             assert!(
-                c == x.floor || (x.frac && c == x.floor + 1),
+                c == x.floor || (x.frac() && c == x.floor + 1),
                 "{n}: {c} slots, quota {x:?}"
             );
         }

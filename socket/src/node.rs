@@ -76,11 +76,6 @@ impl Refusal {
     }
 }
 
-/// What registration tells the new client.
-pub struct Registered {
-    pub recovered: bool,
-}
-
 /// Local members of each room, by connection id.
 type Rooms = HashMap<Box<str>, HashMap<u64, Arc<Conn>>>;
 
@@ -405,7 +400,7 @@ impl Node {
         conn: &Arc<Conn>,
         slot: u32,
         resume: Option<i64>,
-    ) -> Result<Registered, CloseReason> {
+    ) -> Result<(), CloseReason> {
         let epoch = self.ring().epoch;
         let mut s = self.slot(slot);
         if s.phase != Phase::Ready {
@@ -444,7 +439,7 @@ impl Node {
                 reason: "replaced by a newer connection",
             });
         }
-        Ok(Registered { recovered })
+        Ok(())
     }
 
     /// Removes `conn` from its slot (if still the member) and from its rooms.

@@ -94,9 +94,7 @@ pub async fn run_deliver(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let consumer: Arc<StreamConsumer> = Arc::new(
-        kafka::assigned_consumer_config(&bootstrap, &format!("rtc-socket-{}", node.id))
-            .set("enable.partition.eof", "false")
-            .create()?,
+        kafka::assigned_consumer_config(&bootstrap, &format!("rtc-socket-{}", node.id)).create()?,
     );
     // Loading slots whose start is unknown (Kafka unreachable at takeover) are retried on this tick.
     let mut retry = tokio::time::interval(Duration::from_secs(1));
@@ -170,9 +168,7 @@ pub async fn run_rooms(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let consumer: Arc<StreamConsumer> = Arc::new(
-        kafka::assigned_consumer_config(&bootstrap, &format!("rtc-rooms-{}", node.id))
-            .set("enable.partition.eof", "false")
-            .create()?,
+        kafka::assigned_consumer_config(&bootstrap, &format!("rtc-rooms-{}", node.id)).create()?,
     );
     let tpl = loop {
         let c = consumer.clone();
@@ -225,7 +221,6 @@ pub async fn run_control(
 ) -> anyhow::Result<()> {
     let consumer: StreamConsumer =
         kafka::assigned_consumer_config(&bootstrap, &format!("rtc-control-{}", node.id))
-            .set("enable.partition.eof", "false")
             .create()?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(CONTROL_TOPIC, 0, Offset::OffsetTail(1))?;
