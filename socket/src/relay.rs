@@ -14,6 +14,7 @@ use rtc_common::kafka::{
 use rtc_common::protocol::{Envelope, MsgFrame};
 use rtc_common::ring::Ring;
 use rtc_common::slot::murmur2;
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -100,17 +101,18 @@ pub async fn run_deliver(
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut dirty = true;
+    let mut assigned = Assigned::default();
     loop {
         if dirty {
             dirty = false;
-            if let Err(e) = reassign(&node, &consumer).await {
+            if let Err(e) = reassign(&node, &consumer, &mut assigned).await {
                 tracing::warn!(error = %format!("{e:#}"), "re-assigning deliver partitions failed; retrying");
             }
         }
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = node.reassign.notified() => dirty = true,
-            _ = retry.tick() => dirty = !node.unstarted().is_empty(),
+            _ = retry.tick() => dirty = !node.unstarted().is_empty() || !assigned.unpositioned.is_empty(),
             r = consumer.recv() => match r {
                 Ok(m) => {
                     let recipient = m.key().and_then(|k| std::str::from_utf8(k).ok());
@@ -129,9 +131,34 @@ pub async fn run_deliver(
     }
 }
 
+/// What the deliver consumer has been told, so each change touches only the partitions that
+/// changed.
+///
+/// Partitions are added once and never removed: a slot the node stops reading is paused, and a
+/// slot it reads again is sought to its start and resumed. librdkafka 2.12 (bundled by
+/// rdkafka-sys 4.10) aborts the process when a partition is removed from an assignment a second
+/// time before the fetcher stop of the first removal has been served (duplicate FETCH_STOP,
+/// confluentinc/librdkafka#5573, fixed upstream after 2.15): re-assigning the whole list on
+/// every ring change hit it. Pause, resume and seek never stop a fetcher, so they cannot.
+#[derive(Default)]
+struct Assigned {
+    /// Every partition ever added to the assignment.
+    added: HashSet<u32>,
+    /// Added and not paused.
+    active: HashSet<u32>,
+    /// Slots whose start was set since the consumer last positioned them.
+    unpositioned: HashSet<u32>,
+}
+
 /// Finds where newly owned slots start (the last `history_max_messages` records, from the
-/// broker's watermarks), then assigns every partition the node reads at its next offset.
-async fn reassign(node: &Arc<Node>, consumer: &Arc<StreamConsumer>) -> anyhow::Result<()> {
+/// broker's watermarks), then brings the consumer to the node's plan: new partitions are added
+/// at their next offset, re-owned ones sought there and resumed, partitions no longer read
+/// paused. Partitions read throughout are not touched and keep their position.
+async fn reassign(
+    node: &Arc<Node>,
+    consumer: &Arc<StreamConsumer>,
+    st: &mut Assigned,
+) -> anyhow::Result<()> {
     let unstarted = node.unstarted();
     if !unstarted.is_empty() {
         let (c, keep) = (consumer.clone(), node.cfg.history_max_messages as i64);
@@ -147,15 +174,89 @@ async fn reassign(node: &Arc<Node>, consumer: &Arc<StreamConsumer>) -> anyhow::R
         .await??;
         for (s, start, high) in marks {
             node.begin_load(s, start, high);
+            st.unpositioned.insert(s);
         }
     }
-    let mut tpl = TopicPartitionList::new();
-    for (slot, next) in node.consumer_plan() {
-        tpl.add_partition_offset(DELIVER_TOPIC, slot as i32, Offset::Offset(next))?;
+    let plan = node.consumer_plan();
+    let wanted: HashSet<u32> = plan.iter().map(|&(s, _)| s).collect();
+    // A slot that left the plan gets a new start (and enters again) when it is owned again.
+    st.unpositioned.retain(|s| wanted.contains(s));
+
+    let stop: Vec<u32> = st.active.difference(&wanted).copied().collect();
+    if !stop.is_empty() {
+        consumer.pause(&deliver_list(stop.iter().map(|&s| (s, None)))?)?;
+        for s in &stop {
+            st.active.remove(s);
+        }
     }
-    consumer.assign(&tpl)?;
-    tracing::debug!(partitions = tpl.count(), "deliver consumer assigned");
+
+    let (mut add, mut seek) = (Vec::new(), Vec::new());
+    for &(s, next) in &plan {
+        if !st.added.contains(&s) {
+            add.push((s, next));
+        } else if !st.active.contains(&s) || st.unpositioned.contains(&s) {
+            seek.push((s, next));
+        }
+    }
+    if !add.is_empty() {
+        consumer.incremental_assign(&deliver_list(add.iter().map(|&(s, n)| (s, Some(n))))?)?;
+        for &(s, _) in &add {
+            st.added.insert(s);
+            st.active.insert(s);
+            st.unpositioned.remove(&s);
+        }
+    }
+    if !seek.is_empty() {
+        let tpl = deliver_list(seek.iter().map(|&(s, n)| (s, Some(n))))?;
+        let c = consumer.clone();
+        let sought =
+            tokio::task::spawn_blocking(move || c.seek_partitions(tpl, Duration::from_secs(5)))
+                .await??;
+        let mut resumed = Vec::new();
+        for e in sought.elements() {
+            let s = e.partition() as u32;
+            match e.error() {
+                Ok(()) => {
+                    st.unpositioned.remove(&s);
+                    if st.active.insert(s) {
+                        resumed.push(s);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(slot = s, error = %err, "seeking a deliver partition failed")
+                }
+            }
+        }
+        if !resumed.is_empty() {
+            consumer.resume(&deliver_list(resumed.into_iter().map(|s| (s, None)))?)?;
+        }
+        if seek.len() != sought.count() || sought.elements().iter().any(|e| e.error().is_err()) {
+            anyhow::bail!("some deliver partitions could not be positioned");
+        }
+    }
+    tracing::debug!(
+        reading = st.active.len(),
+        added = add.len(),
+        sought = seek.len(),
+        paused = stop.len(),
+        "deliver consumer follows the plan"
+    );
     Ok(())
+}
+
+fn deliver_list(
+    slots: impl Iterator<Item = (u32, Option<i64>)>,
+) -> anyhow::Result<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for (s, next) in slots {
+        match next {
+            Some(n) => tpl.add_partition_offset(DELIVER_TOPIC, s as i32, Offset::Offset(n))?,
+            None => {
+                tpl.add_partition(DELIVER_TOPIC, s as i32);
+            }
+        }
+    }
+    Ok(tpl)
 }
 
 /// Reads every partition of `rtc.rooms` from now on and fans out to local members. "Now" is the
