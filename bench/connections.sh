@@ -4,7 +4,8 @@
 # resolve through the gateway, WebSockets straight to the nodes (one gateway process cannot hold
 # 2 fds × 100k under a 20k open-file cap), sharded over worker processes — holds them while each
 # sends a message every MSG_INTERVAL ms, and checks nothing was lost. Then a short ping run
-# measures client CPU per round trip. One line per figure.
+# measures client CPU per round trip (user and kernel) beside the kernel floor of plain TCP on
+# loopback (bench/tcp-floor.py). One line per figure.
 #   bench/connections.sh [N]       (default 100000; NODES defaults to ceil(N/16000))
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,4 +55,6 @@ PY
 # Client CPU per round trip: ping round trips answered by the nodes.
 $BIN/rtc-loadtest --target "127.0.0.1:$BASE" --node-routes "127.0.0.1:$(( BASE + 1 ))" --connections 1000 --ramp-up 2 \
   --duration 10 --msg-interval 100 --pattern ping --prefix cpu --json 2>/dev/null > "$LOG/cpu.json" || true
-python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"client CPU per round trip: {r['client_cpu_us_per_msg']:.1f} us ({r['pongs']} round trips, p99 {r['latency_ms']['p99']:.1f} ms)\")" "$LOG/cpu.json"
+python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(f\"client CPU per round trip: {r['client_cpu_us_per_msg']:.1f} us = {r['client_user_us_per_msg']:.1f} user + {r['client_sys_us_per_msg']:.1f} kernel ({r['pongs']} round trips, p99 {r['latency_ms']['p99']:.1f} ms)\")" "$LOG/cpu.json"
+# The kernel's floor for the same traffic (1 send + 1 receive per round trip) without us.
+python3 bench/tcp-floor.py 1000 10000 10

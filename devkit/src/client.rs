@@ -353,20 +353,28 @@ impl Client {
     pub async fn next(&mut self, timeout: Duration) -> anyhow::Result<Option<Value>> {
         let f = self.next_raw(timeout).await?;
         if let Some(v) = &f {
-            match v["type"].as_str() {
-                Some("msg") => {
-                    if let Some(o) = v["offset"].as_i64() {
-                        self.offset = Some(self.offset.map_or(o, |x| x.max(o)));
-                    }
-                }
-                Some("move") => {
-                    self.moved = true;
-                    self.move_delay_ms = v["delayMs"].as_u64().unwrap_or(0);
-                }
-                _ => {}
+            if let Some(ty) = v["type"].as_str() {
+                self.observe(ty, v["offset"].as_i64(), v["delayMs"].as_u64());
             }
         }
         Ok(f)
+    }
+
+    /// Books what a received frame means for reconnecting: the offset of a direct message
+    /// becomes the resume point, a `move` asks to reconnect after its delay.
+    pub fn observe(&mut self, ty: &str, offset: Option<i64>, delay_ms: Option<u64>) {
+        match ty {
+            "msg" => {
+                if let Some(o) = offset {
+                    self.offset = Some(self.offset.map_or(o, |x| x.max(o)));
+                }
+            }
+            "move" => {
+                self.moved = true;
+                self.move_delay_ms = delay_ms.unwrap_or(0);
+            }
+            _ => {}
+        }
     }
 
     /// Frames until one matches `pred` (returned), within `timeout` overall.

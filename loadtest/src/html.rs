@@ -145,8 +145,11 @@ pub fn render(title: &str, r: &Report) -> String {
             format!("{:.2} / {:.2}", r.service_ms_p50, r.service_ms_p99),
         ),
         (
-            "client CPU per message",
-            format!("{:.1} µs", r.client_cpu_us_per_msg),
+            "client CPU per message (user + kernel)",
+            format!(
+                "{:.1} µs ({:.1} + {:.1})",
+                r.client_cpu_us_per_msg, r.client_user_us_per_msg, r.client_sys_us_per_msg
+            ),
         ),
     ];
     let mut html = format!(

@@ -8,15 +8,18 @@ pub mod html;
 pub mod threshold;
 
 use base64::Engine;
+use futures_util::StreamExt;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use rtc_devkit::client::{Client, Endpoints};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::value::RawValue;
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
+use tokio_tungstenite::tungstenite::Message;
 
 /// What the clients are doing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,8 +159,15 @@ pub struct Report {
     pub service_ms_p50: f64,
     pub service_ms_p99: f64,
     pub per_node: HashMap<String, usize>,
-    /// Client process CPU per delivered message (or pong), microseconds.
+    /// Client process CPU while sending, seconds: user space and kernel.
+    pub cpu_user_secs: f64,
+    pub cpu_sys_secs: f64,
+    /// Client process CPU per message received (delivery or pong), microseconds: in all, in
+    /// user space (the tool's own work) and in the kernel (TCP; on loopback a send also pays for
+    /// the receiving side's TCP input).
     pub client_cpu_us_per_msg: f64,
+    pub client_user_us_per_msg: f64,
+    pub client_sys_us_per_msg: f64,
     pub series: Vec<Sample>,
     /// The latency histograms, V2-serialized and base64-encoded, for merging workers.
     pub latency_hist: String,
@@ -200,13 +210,8 @@ impl Report {
         if let Some(h) = decode(&o.service_hist) {
             let _ = svc.add(&h);
         }
-        let n = (self.delivered + self.pongs as usize) as f64;
-        let m = (o.delivered + o.pongs as usize) as f64;
-        self.client_cpu_us_per_msg = if n + m > 0.0 {
-            (self.client_cpu_us_per_msg * n + o.client_cpu_us_per_msg * m) / (n + m)
-        } else {
-            0.0
-        };
+        self.cpu_user_secs += o.cpu_user_secs;
+        self.cpu_sys_secs += o.cpu_sys_secs;
         self.clients += o.clients;
         self.sent += o.sent;
         self.acked += o.acked;
@@ -238,6 +243,16 @@ impl Report {
             d.p99_ms = d.p99_ms.max(s.p99_ms);
         }
         self.set_quantiles(&lat, &svc);
+        self.set_cpu();
+    }
+
+    /// Fills the per-message CPU figures from the CPU totals and the messages received.
+    fn set_cpu(&mut self) {
+        let msgs = (self.delivered as u64 + self.pongs + self.room_delivered) as f64;
+        let per = |secs: f64| if msgs > 0.0 { secs * 1e6 / msgs } else { 0.0 };
+        self.client_user_us_per_msg = per(self.cpu_user_secs);
+        self.client_sys_us_per_msg = per(self.cpu_sys_secs);
+        self.client_cpu_us_per_msg = per(self.cpu_user_secs + self.cpu_sys_secs);
     }
 }
 
@@ -278,12 +293,12 @@ impl Ledger {
         s
     }
 
-    pub fn report(&self, cpu_secs: f64) -> Report {
+    /// The report of this process; `cpu` is (user, kernel) CPU seconds spent while sending.
+    pub fn report(&self, cpu: (f64, f64)) -> Report {
         let mut per_node = HashMap::new();
         for n in self.final_node.values() {
             *per_node.entry(n.clone()).or_insert(0) += 1;
         }
-        let msgs = self.delivered.len() as f64 + self.pongs as f64 + self.room_delivered as f64;
         let mut r = Report {
             clients: self.final_node.len(),
             sent: self.sent_total,
@@ -299,15 +314,13 @@ impl Ledger {
             disconnects: self.disconnects,
             connect_failures: self.connect_failures,
             per_node,
-            client_cpu_us_per_msg: if msgs > 0.0 {
-                cpu_secs * 1e6 / msgs
-            } else {
-                0.0
-            },
+            cpu_user_secs: cpu.0,
+            cpu_sys_secs: cpu.1,
             series: self.series.clone(),
             ..Default::default()
         };
         r.set_quantiles(&self.latency_us, &self.service_us);
+        r.set_cpu();
         r
     }
 
@@ -324,18 +337,16 @@ impl Ledger {
     }
 }
 
-/// This process's CPU time so far (user + system), seconds.
-pub fn process_cpu_secs() -> f64 {
+/// This process's CPU time so far, seconds: (user, kernel).
+pub fn process_cpu() -> (f64, f64) {
     std::fs::read_to_string("/proc/self/stat")
         .ok()
         .and_then(|s| {
             let rest: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
-            Some(
-                (rest.get(11)?.parse::<u64>().ok()? + rest.get(12)?.parse::<u64>().ok()?) as f64
-                    / 100.0,
-            )
+            let ticks = |i: usize| Some(rest.get(i)?.parse::<u64>().ok()? as f64 / 100.0);
+            Some((ticks(11)?, ticks(12)?))
         })
-        .unwrap_or(0.0)
+        .unwrap_or((0.0, 0.0))
 }
 
 pub fn now_us() -> u64 {
@@ -350,7 +361,7 @@ pub fn now_us() -> u64 {
 pub async fn run_client(
     plan: Plan,
     index: usize,
-    mut phase: watch::Receiver<Phase>,
+    phase: watch::Receiver<Phase>,
     ledger: Arc<Mutex<Ledger>>,
     start: Arc<tokio::sync::Barrier>,
 ) {
@@ -380,9 +391,7 @@ pub async fn run_client(
         }
     };
     if plan.pattern == Pattern::Room {
-        let _ = c
-            .send_text(json!({"type":"join","room":room}).to_string())
-            .await;
+        let _ = c.send_text(join_frame(&room)).await;
     }
     ledger.lock().expect("ledger lock").connected += 1;
     start.wait().await;
@@ -399,46 +408,54 @@ pub async fn run_client(
     let (base_at, base_us) = (tokio::time::Instant::now(), now_us());
     let mut tick = tokio::time::interval_at(base_at + offset, plan.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    // One long-lived future per phase change instead of a new waiter on every frame.
+    let mut sending = *phase.borrow() == Phase::Sending;
+    let mut changed = Box::pin(next_phase(phase));
     loop {
-        let sending = *phase.borrow() == Phase::Sending;
         tokio::select! {
-            _ = phase.changed() => {
-                if *phase.borrow() == Phase::Done { break; }
+            (p, rx) = &mut changed => {
+                match p {
+                    Phase::Done => break,
+                    p => sending = p == Phase::Sending,
+                }
+                changed = Box::pin(next_phase(rx));
             }
             due = tick.tick(), if sending => {
                 let intended = base_us + due.duration_since(base_at).as_micros() as u64;
                 seq += 1;
                 let id = seq.to_string();
-                let data = json!({"seq": seq, "at": intended, "ts": now_us(), "pad": &*plan.pad});
-                let frame = match plan.pattern {
+                let stamp = Stamp { seq, at: intended, ts: now_us(), pad: &plan.pad };
+                let out = match plan.pattern {
                     Pattern::Direct | Pattern::SelfSend => {
                         let to = if plan.pattern == Pattern::SelfSend {
-                            me.clone()
+                            me.as_str()
                         } else {
-                            plan.peers[(index + 1 + (seq as usize * 7919) % (plan.peers.len() - 1).max(1)) % plan.peers.len()].clone()
+                            plan.peers[(index + 1 + (seq as usize * 7919) % (plan.peers.len() - 1).max(1)) % plan.peers.len()].as_str()
                         };
-                        ledger.lock().expect("ledger lock").sent.insert((me.clone(), id.clone()), to.clone());
-                        json!({"type":"send","id":id,"to":to,"data":data})
+                        ledger.lock().expect("ledger lock").sent.insert((me.clone(), id.clone()), to.to_string());
+                        Outgoing { ty: "send", id: &id, to: Some(to), room: None, data: Some(stamp) }
                     }
-                    Pattern::Room => json!({"type":"publish","id":id,"room":room,"data":data}),
+                    Pattern::Room => Outgoing { ty: "publish", id: &id, to: None, room: Some(&room), data: Some(stamp) },
                     Pattern::Ping => {
                         pings.insert(seq, (intended, now_us()));
-                        json!({"type":"ping","id":id})
+                        Outgoing { ty: "ping", id: &id, to: None, room: None, data: None }
                     }
                 };
+                let text = serde_json::to_string(&out).expect("frames serialize");
                 {
                     let mut l = ledger.lock().expect("ledger lock");
                     l.sent_total += 1;
                     l.window.0 += 1;
                 }
-                if c.send_text(frame.to_string()).await.is_err() && !reconnect(&mut c, &plan, &room, &ledger).await {
+                if c.send_text(text).await.is_err() && !reconnect(&mut c, &plan, &room, &ledger).await {
                     break;
                 }
             }
-            f = c.next(Duration::from_secs(3600)) => {
-                let must_reconnect = match f {
-                    Ok(Some(f)) => handle(&me, &f, &mut pings, &ledger),
-                    _ => true,
+            m = c.ws.next() => {
+                let must_reconnect = match m {
+                    Some(Ok(Message::Text(t))) => handle(&me, &t, &mut c, &mut pings, &ledger),
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => true,
+                    Some(Ok(_)) => false,
                 };
                 if must_reconnect {
                     if c.moved {
@@ -454,62 +471,142 @@ pub async fn run_client(
     l.final_node.insert(me, c.node.clone());
 }
 
-/// Books one frame; true when the client must reconnect (a `move` or a close).
+/// The phase once it changes (Done when the sender is gone), and the receiver to wait again.
+async fn next_phase(mut phase: watch::Receiver<Phase>) -> (Phase, watch::Receiver<Phase>) {
+    let p = match phase.changed().await {
+        Ok(()) => *phase.borrow_and_update(),
+        Err(_) => Phase::Done,
+    };
+    (p, phase)
+}
+
+fn join_frame(room: &str) -> String {
+    serde_json::json!({"type": "join", "room": room}).to_string()
+}
+
+/// A frame the load test sends, serialized straight from borrowed fields.
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    #[serde(rename = "type")]
+    ty: &'a str,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    room: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<Stamp<'a>>,
+}
+
+/// The data of every load-test message: sequence, intended and actual send time (µs), padding.
+#[derive(Serialize)]
+struct Stamp<'a> {
+    seq: u64,
+    at: u64,
+    ts: u64,
+    pad: &'a str,
+}
+
+/// The fields of a server frame the load test books, borrowed from the frame's text.
+#[derive(Deserialize)]
+struct Incoming<'a> {
+    #[serde(rename = "type", borrow)]
+    ty: Cow<'a, str>,
+    #[serde(default, borrow)]
+    id: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    from: Option<Cow<'a, str>>,
+    #[serde(default)]
+    offset: Option<i64>,
+    #[serde(default, borrow)]
+    room: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+    #[serde(default, rename = "delayMs")]
+    delay_ms: Option<u64>,
+}
+
+/// The stamp read back from a delivered message (anything else in `data` is ignored).
+#[derive(Deserialize, Default)]
+struct StampIn {
+    seq: Option<u64>,
+    at: Option<u64>,
+    ts: Option<u64>,
+}
+
+/// Books one text frame; true when the client must reconnect (a `move`).
 fn handle(
     me: &str,
-    f: &serde_json::Value,
+    text: &str,
+    c: &mut Client,
     pings: &mut HashMap<u64, (u64, u64)>,
     ledger: &Mutex<Ledger>,
 ) -> bool {
-    let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+    let Ok(f) = serde_json::from_str::<Incoming>(text) else {
+        tracing::warn!(client = me, frame = text, "unparseable frame");
+        ledger.lock().expect("ledger lock").errors += 1;
+        return false;
+    };
+    c.observe(&f.ty, f.offset, f.delay_ms);
+    let id = f.id.as_deref().unwrap_or_default();
     let mut l = ledger.lock().expect("ledger lock");
-    match f["type"].as_str() {
-        Some("ack") => {
-            l.acked.insert((me.to_string(), s("id")));
+    match &*f.ty {
+        "ack" => {
+            l.acked.insert((me.to_string(), id.to_string()));
         }
-        Some("pong") => {
-            if let Some((intended, actual)) = f["id"]
-                .as_str()
-                .and_then(|i| i.parse().ok())
-                .and_then(|i: u64| pings.remove(&i))
-            {
+        "pong" => {
+            if let Some((intended, actual)) = id.parse().ok().and_then(|i: u64| pings.remove(&i)) {
                 l.pongs += 1;
                 l.window.1 += 1;
                 l.record_latency(Some(intended), Some(actual));
             }
         }
-        Some("error") => {
+        "error" => {
             l.errors += 1;
             l.window.2 += 1;
         }
-        Some("msg") => {
+        "msg" => {
+            let stamp: StampIn = f
+                .data
+                .and_then(|d| serde_json::from_str(d.get()).ok())
+                .unwrap_or_default();
             l.window.1 += 1;
-            l.record_latency(f["data"]["at"].as_u64(), f["data"]["ts"].as_u64());
-            if f.get("room").is_some() {
+            l.record_latency(stamp.at, stamp.ts);
+            if f.room.is_some() {
                 l.room_delivered += 1;
             } else {
-                let from = s("from");
-                let offset = f["offset"].as_i64().unwrap_or(-1);
+                let from = f.from.as_deref().unwrap_or_default();
+                let offset = f.offset.unwrap_or(-1);
                 let seen = l
                     .delivered
-                    .entry((me.to_string(), from.clone(), s("id")))
+                    .entry((me.to_string(), from.to_string(), id.to_string()))
                     .or_insert((0, offset));
                 seen.0 += 1;
                 if seen.0 > 1 {
                     // Same offset twice would be a server bug; two offsets mean the record is in
                     // Kafka twice (a producer retry the broker did not deduplicate).
                     let first = seen.1;
-                    tracing::warn!(recipient = me, from = %from, id = %s("id"), first_offset = first, offset, "duplicate delivery");
+                    tracing::warn!(
+                        recipient = me,
+                        from,
+                        id,
+                        first_offset = first,
+                        offset,
+                        "duplicate delivery"
+                    );
                 }
-                if let Some(seq) = f["data"]["seq"].as_u64() {
-                    let last = l.last_seq.entry((me.to_string(), from)).or_insert(0);
+                if let Some(seq) = stamp.seq {
+                    let last = l
+                        .last_seq
+                        .entry((me.to_string(), from.to_string()))
+                        .or_insert(0);
                     let reordered = seq < *last;
                     *last = (*last).max(seq);
                     l.out_of_order += usize::from(reordered);
                 }
             }
         }
-        Some("move") | Some("close") => return true,
+        "move" => return true,
         _ => {}
     }
     false
@@ -530,9 +627,7 @@ async fn reconnect(c: &mut Client, plan: &Plan, room: &str, ledger: &Mutex<Ledge
         Box::pin(c.reconnect(Duration::from_secs(60))).await
     };
     if r.is_ok() && plan.pattern == Pattern::Room {
-        let _ = c
-            .send_text(json!({"type":"join","room":room}).to_string())
-            .await;
+        let _ = c.send_text(join_frame(room)).await;
     }
     let mut l = ledger.lock().expect("ledger lock");
     // Counted as connected either way: the task's end takes it off once.

@@ -70,6 +70,10 @@ struct Args {
     /// Write an HTML report with plots to this file.
     #[arg(long, env = "HTML_REPORT")]
     html: Option<std::path::PathBuf>,
+    /// Runtime threads per process (1: a single-threaded runtime, the leanest per message;
+    /// 0: one per core).
+    #[arg(long, env = "THREADS", default_value_t = 1)]
+    threads: usize,
     /// Internal: run as worker i of --workers.
     #[arg(long, hide = true)]
     worker_index: Option<usize>,
@@ -136,9 +140,24 @@ fn parse_sources(spec: &str) -> anyhow::Result<Vec<IpAddr>> {
     Ok(out)
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let rt = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 1 {
+                b.worker_threads(n);
+            }
+            b.enable_all().build()?
+        }
+    };
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
     rtc_common::telemetry::init("loadtest");
     anyhow::ensure!(args.connections > 0, "CONNECTIONS must be positive");
     let thresholds = args
@@ -181,7 +200,9 @@ async fn main() -> anyhow::Result<()> {
                 "reconnects": report.reconnects, "disconnects": report.disconnects, "connect_failures": report.connect_failures,
                 "latency_ms": {"p50": report.latency_ms_p50, "p90": report.latency_ms_p90, "p99": report.latency_ms_p99, "p999": report.latency_ms_p999, "max": report.latency_ms_max},
                 "service_ms": {"p50": report.service_ms_p50, "p99": report.service_ms_p99},
-                "client_cpu_us_per_msg": report.client_cpu_us_per_msg, "per_node": report.per_node, "workers": workers,
+                "client_cpu_us_per_msg": report.client_cpu_us_per_msg,
+                "client_user_us_per_msg": report.client_user_us_per_msg, "client_sys_us_per_msg": report.client_sys_us_per_msg,
+                "per_node": report.per_node, "workers": workers,
             }))?
         );
     } else {
@@ -240,8 +261,8 @@ fn print_summary(r: &Report, workers: usize, duration: u64) {
     let mut nodes: Vec<_> = r.per_node.iter().collect();
     nodes.sort();
     println!(
-        "per node:    {nodes:?}; client CPU {:.1} µs per message",
-        r.client_cpu_us_per_msg
+        "per node:    {nodes:?}; client CPU {:.1} µs per message ({:.1} user, {:.1} kernel)",
+        r.client_cpu_us_per_msg, r.client_user_us_per_msg, r.client_sys_us_per_msg
     );
 }
 
@@ -343,7 +364,7 @@ async fn run_shard(
         began.elapsed().as_secs_f64(),
         args.duration
     );
-    let cpu_before = rtc_loadtest::process_cpu_secs();
+    let cpu_before = rtc_loadtest::process_cpu();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     phase_tx.send(Phase::Quiet)?;
     // Let acks land, then wait until every acked message has arrived — or until deliveries stop
@@ -365,7 +386,8 @@ async fn run_shard(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let cpu = rtc_loadtest::process_cpu_secs() - cpu_before;
+    let cpu_after = rtc_loadtest::process_cpu();
+    let cpu = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
     phase_tx.send(Phase::Done)?;
     for t in tasks {
         let _ = t.await;

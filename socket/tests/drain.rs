@@ -105,7 +105,7 @@ async fn drain_moves_every_client_and_loses_nothing() {
 
     let (report, lost) = {
         let l = ledger.lock().unwrap();
-        (l.report(0.0), l.lost())
+        (l.report((0.0, 0.0)), l.lost())
     };
     eprintln!("drain: {report:?} clients-on-drained-node {on_drained}");
     settled.unwrap_or_else(|e| panic!("{e}; lost: {:?}", lost.iter().take(10).collect::<Vec<_>>()));
