@@ -4,6 +4,8 @@
 # growth of resident memory per connection of the socket nodes, the gateway and the client.
 #   bench/idle-memory.sh [N]        (default 6000; each proxied connection costs the gateway 2 fds)
 #   NODES=1 DIRECT=1 bench/idle-memory.sh 10000   (WebSockets straight to one node: its figure at N)
+#   NODES=3 DIRECT=1 bench/idle-memory.sh 50000   (50,000 over three nodes: one process here may
+#                                                   hold at most 20,000 open files)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-6000}
@@ -41,7 +43,9 @@ for pid in "${!ROLE[@]}"; do
   d=$(( $(rss_kib "$pid") - BEFORE[$pid] ))
   if [ "${ROLE[$pid]}" = socket ]; then sock_delta=$(( sock_delta + d )); else gw_delta=$(( gw_delta + d )); fi
 done
+# The client, and its worker processes when it sharded itself past the open-file cap.
 client=$(rss_kib "$LT")
+for pid in $(ps -o pid= --ppid "$LT"); do client=$(( client + $(rss_kib "$pid") )); done
 echo "idle connections: $N"
 awk -v d="$sock_delta" -v n="$N" 'BEGIN { printf "socket node RSS per idle connection: %.0f bytes\n", d * 1024 / n }'
 awk -v d="$gw_delta" -v n="$N" 'BEGIN { printf "gateway RSS per proxied idle connection: %.0f bytes\n", d * 1024 / n }'
