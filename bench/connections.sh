@@ -22,7 +22,7 @@ BIN=target/release
 LOG=$(mktemp -d)
 $BIN/rtc-local --nodes "$NODES" --gateway-port "$BASE" --admin-port $(( BASE + 1 )) --balancer-port $(( BASE + 2 )) --socket-base-port $(( BASE + 10 )) > "$LOG/local.log" 2>&1 &
 LOCAL=$!
-cleanup() { kill -INT "$LOCAL" 2>/dev/null || true; [ -n "${LT:-}" ] && kill "$LT" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$LOG"; }
+cleanup() { kill -INT "$LOCAL" 2>/dev/null || true; [ -n "${LT:-}" ] && kill "$LT" 2>/dev/null || true; wait 2>/dev/null || true; if [ -n "${KEEP_LOGS:-}" ]; then echo "logs kept in $LOG"; else rm -rf "$LOG"; fi; }
 trap cleanup EXIT
 for _ in $(seq 1 240); do grep -q "is up" "$LOG/local.log" && break; sleep 0.5; done
 grep -q "is up" "$LOG/local.log" || { tail -20 "$LOG/local.log"; exit 1; }
@@ -49,7 +49,7 @@ print(f"connections requested: {n}")
 print(f"connections held (clients that ended connected): {r['clients'] - r['connect_failures']}")
 print(f"open fds on socket nodes while held: {sys.argv[4]}")
 print(f"client RSS per connection: {kib * 1024 / max(1, r['clients']):.0f} bytes")
-print(f"messages sent {r['sent']} delivered {r['delivered']} lost {r['lost']} duplicated {r['duplicated']} connect failures {r['connect_failures']}")
+print(f"messages sent {r['sent']} acked {r['acked']} unacked {r['unacked']} delivered {r['delivered']} lost {r['lost']} duplicated {r['duplicated']} connect failures {r['connect_failures']}")
 print(f"latency ms p50 {r['latency_ms']['p50']:.1f} p99 {r['latency_ms']['p99']:.1f}")
 PY
 # Client CPU per round trip: ping round trips answered by the nodes.

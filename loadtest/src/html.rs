@@ -111,8 +111,8 @@ pub fn render(title: &str, r: &Report) -> String {
     let rows = [
         ("clients", r.clients.to_string()),
         (
-            "messages sent / acked / delivered",
-            format!("{} / {} / {}", r.sent, r.acked, r.delivered),
+            "messages sent / acked / unacked / delivered",
+            format!("{} / {} / {} / {}", r.sent, r.acked, r.unacked, r.delivered),
         ),
         (
             "lost / duplicated / out of order",

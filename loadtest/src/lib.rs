@@ -80,6 +80,8 @@ pub struct Ledger {
     pub sent: HashMap<(String, String), String>,
     pub sent_total: u64,
     pub acked: HashSet<(String, String)>,
+    /// Direct messages refused with an `error` frame (not accepted, so not owed).
+    pub refused: HashSet<(String, String)>,
     pub errors: usize,
     /// (recipient, sender, id) → (times delivered, offset of the first delivery).
     pub delivered: HashMap<(String, String, String), (usize, i64)>,
@@ -115,6 +117,7 @@ impl Default for Ledger {
             sent: HashMap::new(),
             sent_total: 0,
             acked: HashSet::new(),
+            refused: HashSet::new(),
             errors: 0,
             delivered: HashMap::new(),
             last_seq: HashMap::new(),
@@ -141,7 +144,11 @@ pub struct Report {
     pub clients: usize,
     pub sent: u64,
     pub acked: usize,
+    /// Sent, neither acked nor refused by the end (the connection closed first, or the run
+    /// ended before the answer): not accepted as far as the sender knows.
+    pub unacked: usize,
     pub delivered: usize,
+    /// Acked and never delivered: what the system promised and did not do.
     pub lost: usize,
     pub duplicated: usize,
     pub out_of_order: usize,
@@ -215,6 +222,7 @@ impl Report {
         self.clients += o.clients;
         self.sent += o.sent;
         self.acked += o.acked;
+        self.unacked += o.unacked;
         self.delivered += o.delivered;
         self.lost += o.lost;
         self.duplicated += o.duplicated;
@@ -276,6 +284,19 @@ impl Ledger {
             .collect()
     }
 
+    /// Direct messages sent and not yet answered (neither acked nor refused).
+    pub fn unanswered(&self) -> usize {
+        self.sent
+            .keys()
+            .filter(|k| !self.acked.contains(*k) && !self.refused.contains(*k))
+            .count()
+    }
+
+    /// Answers and deliveries so far: the end-of-run wait stops when this stops moving.
+    pub fn progress(&self) -> usize {
+        self.acked.len() + self.refused.len() + self.delivered.len() + self.errors
+    }
+
     /// Closes the current second: a sample for the progress line and the report.
     pub fn sample(&mut self, t: f64) -> Sample {
         let (sent, delivered, errors) = std::mem::take(&mut self.window);
@@ -303,6 +324,7 @@ impl Ledger {
             clients: self.final_node.len(),
             sent: self.sent_total,
             acked: self.acked.len(),
+            unacked: self.unanswered(),
             delivered: self.delivered.len(),
             lost: self.lost().len(),
             duplicated: self.delivered.values().filter(|(n, _)| *n > 1).count(),
@@ -564,6 +586,9 @@ fn handle(
         "error" => {
             l.errors += 1;
             l.window.2 += 1;
+            if !id.is_empty() {
+                l.refused.insert((me.to_string(), id.to_string()));
+            }
         }
         "msg" => {
             let stamp: StampIn = f

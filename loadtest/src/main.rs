@@ -61,7 +61,7 @@ struct Args {
     #[arg(long, env = "CLIENT_PREFIX", default_value = "load")]
     prefix: String,
     /// Conditions the run must meet, e.g. 'p99<50ms,lost==0' (metrics: p50 p90 p99 p999 max in
-    /// ms; lost duplicated out_of_order errors reconnects connect_failures).
+    /// ms; lost unacked duplicated out_of_order errors reconnects connect_failures).
     #[arg(long, env = "FAIL_IF")]
     fail_if: Option<String>,
     /// Print the final report as JSON on stdout.
@@ -194,7 +194,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "clients": report.clients, "sent": report.sent, "acked": report.acked, "delivered": report.delivered,
+                "clients": report.clients, "sent": report.sent, "acked": report.acked, "unacked": report.unacked, "delivered": report.delivered,
                 "lost": report.lost, "duplicated": report.duplicated, "out_of_order": report.out_of_order,
                 "room_delivered": report.room_delivered, "pongs": report.pongs, "errors": report.errors,
                 "reconnects": report.reconnects, "disconnects": report.disconnects, "connect_failures": report.connect_failures,
@@ -243,10 +243,11 @@ fn print_summary(r: &Report, workers: usize, duration: u64) {
     );
     let received = r.delivered as u64 + r.room_delivered + r.pongs;
     println!(
-        "messages:    sent {} ({:.0}/s), acked {}, received {} ({:.0}/s); lost {}, duplicated {}, out of order {}, errors {}",
+        "messages:    sent {} ({:.0}/s), acked {} (unacked {}), received {} ({:.0}/s); lost {}, duplicated {}, out of order {}, errors {}",
         r.sent,
         r.sent as f64 / duration.max(1) as f64,
         r.acked,
+        r.unacked,
         received,
         received as f64 / duration.max(1) as f64,
         r.lost,
@@ -367,21 +368,20 @@ async fn run_shard(
     let cpu_before = rtc_loadtest::process_cpu();
     tokio::time::sleep(Duration::from_secs(args.duration)).await;
     phase_tx.send(Phase::Quiet)?;
-    // Let acks land, then wait until every acked message has arrived — or until deliveries stop
-    // making progress for 10 s (bounded at 120 s): a late message is not a lost one.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait until every message sent is answered (acked or refused) and every acked one has
+    // arrived — or until answers and deliveries stop coming for 30 s (bounded at 180 s): a
+    // late message is not a lost one, and an ack still in flight is not an unacked message.
     let (mut last_count, mut last_change) = (usize::MAX, Instant::now());
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
-        let (lost, count) = {
+        let (settled, count) = {
             let l = ledger.lock().expect("ledger lock");
-            (l.lost().len(), l.delivered.len())
+            (l.unanswered() == 0 && l.lost().is_empty(), l.progress())
         };
         if count != last_count {
             (last_count, last_change) = (count, Instant::now());
         }
-        if lost == 0 || last_change.elapsed() > Duration::from_secs(10) || Instant::now() > deadline
-        {
+        if settled || last_change.elapsed() > Duration::from_secs(30) || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -393,7 +393,15 @@ async fn run_shard(
         let _ = t.await;
     }
     progress.abort();
-    let report = ledger.lock().expect("ledger lock").report(cpu);
+    let l = ledger.lock().expect("ledger lock");
+    for (sender, id) in l.lost().iter().take(20) {
+        let to = l.sent.get(&(sender.clone(), id.clone()));
+        eprintln!(
+            "{tag}not delivered: {sender} → {} id {id} (acked)",
+            to.map_or("?", |t| t.as_str())
+        );
+    }
+    let report = l.report(cpu);
     Ok(report)
 }
 
