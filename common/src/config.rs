@@ -21,6 +21,11 @@ pub struct Shared {
     /// Number of slots, equal to the partitions of `rtc.deliver`.
     #[arg(long, env = "SLOTS", default_value_t = DEFAULT_SLOTS)]
     pub slots: u32,
+    /// Longest time (ms) a consumer's fetch may wait at the broker when there is no data. A
+    /// real broker answers as soon as a record arrives, so this only bounds idle polling; the
+    /// embedded mock cluster always waits it out, so there it adds up to this much latency.
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 10)]
+    pub kafka_fetch_wait_ms: u32,
 }
 
 impl Shared {
@@ -34,6 +39,11 @@ impl Shared {
         anyhow::ensure!(
             !self.ring_secret.is_empty(),
             "RING_SECRET must not be empty"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.kafka_fetch_wait_ms),
+            "KAFKA_FETCH_WAIT_MS must be 1..=10000, got {}",
+            self.kafka_fetch_wait_ms
         );
         anyhow::ensure!(
             !self.kafka_bootstrap.is_empty(),

@@ -64,13 +64,15 @@ pub fn needs_new_producer(
 }
 
 /// A consumer used only with manual assignment: no group membership, no commits.
-pub fn assigned_consumer_config(bootstrap: &str, group: &str) -> ClientConfig {
+/// `fetch_wait_ms` bounds how long the broker may hold a fetch that found no data (a real broker
+/// answers as soon as data arrives; librdkafka's mock cluster always waits the whole time).
+pub fn assigned_consumer_config(bootstrap: &str, group: &str, fetch_wait_ms: u32) -> ClientConfig {
     let mut c = base_config(bootstrap);
     c.set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "10")
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .set("fetch.error.backoff.ms", "50");
     c
 }

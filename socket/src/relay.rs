@@ -95,7 +95,12 @@ pub async fn run_deliver(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let consumer: Arc<StreamConsumer> = Arc::new(
-        kafka::assigned_consumer_config(&bootstrap, &format!("rtc-socket-{}", node.id)).create()?,
+        kafka::assigned_consumer_config(
+            &bootstrap,
+            &format!("rtc-socket-{}", node.id),
+            node.cfg.shared.kafka_fetch_wait_ms,
+        )
+        .create()?,
     );
     // Loading slots whose start is unknown (Kafka unreachable at takeover) are retried on this tick.
     let mut retry = tokio::time::interval(Duration::from_secs(1));
@@ -269,7 +274,12 @@ pub async fn run_rooms(
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
     let consumer: Arc<StreamConsumer> = Arc::new(
-        kafka::assigned_consumer_config(&bootstrap, &format!("rtc-rooms-{}", node.id)).create()?,
+        kafka::assigned_consumer_config(
+            &bootstrap,
+            &format!("rtc-rooms-{}", node.id),
+            node.cfg.shared.kafka_fetch_wait_ms,
+        )
+        .create()?,
     );
     let tpl = loop {
         let c = consumer.clone();
@@ -320,9 +330,12 @@ pub async fn run_control(
     bootstrap: String,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer: StreamConsumer =
-        kafka::assigned_consumer_config(&bootstrap, &format!("rtc-control-{}", node.id))
-            .create()?;
+    let consumer: StreamConsumer = kafka::assigned_consumer_config(
+        &bootstrap,
+        &format!("rtc-control-{}", node.id),
+        node.cfg.shared.kafka_fetch_wait_ms,
+    )
+    .create()?;
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(CONTROL_TOPIC, 0, Offset::OffsetTail(1))?;
     consumer.assign(&tpl)?;
