@@ -4,7 +4,7 @@
 use crate::Balancer;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use rtc_common::protocol::{connect_path, validate_id, ErrorCode, IdError, Resolved};
+use rtc_common::protocol::{connect_path, validate_id, ErrorCode, Resolved};
 use rtc_common::{http::refusal, slot::slot_of, ticket};
 use std::sync::Arc;
 
@@ -19,14 +19,7 @@ pub async fn resolve(State(bal): State<Arc<Balancer>>, RawQuery(q): RawQuery) ->
         return bad(&bal, "clientId is required");
     };
     if let Err(e) = validate_id(&client_id) {
-        return bad(
-            &bal,
-            match e {
-                IdError::Empty => "clientId is empty",
-                IdError::TooLong => "clientId is longer than 256 bytes",
-                IdError::Control => "clientId contains a control character",
-            },
-        );
+        return bad(&bal, e.client_id_reason());
     }
     let ring = bal.ring();
     let slot = slot_of(&client_id, ring.slots());

@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 /// Longest clientId or room name, in bytes.
 pub const MAX_ID_BYTES: usize = 256;
@@ -36,9 +37,23 @@ pub enum IdError {
     TooLong,
     #[error("contains a control character")]
     Control,
+    #[error("contains a quote or a backslash")]
+    Escaped,
 }
 
 /// Checks a clientId or room name: 1–256 bytes of UTF-8 without control characters.
+impl IdError {
+    /// The reason given when a clientId is refused (HTTP 400 at resolve and connect).
+    pub fn client_id_reason(self) -> &'static str {
+        match self {
+            IdError::Empty => "clientId is empty",
+            IdError::TooLong => "clientId is longer than 256 bytes",
+            IdError::Control => "clientId contains a control character",
+            IdError::Escaped => "clientId contains a quote or a backslash",
+        }
+    }
+}
+
 pub fn validate_id(id: &str) -> Result<(), IdError> {
     if id.is_empty() {
         Err(IdError::Empty)
@@ -46,6 +61,9 @@ pub fn validate_id(id: &str) -> Result<(), IdError> {
         Err(IdError::TooLong)
     } else if id.chars().any(char::is_control) {
         Err(IdError::Control)
+    } else if id.contains(['"', '\\']) {
+        // Identifiers travel as plain JSON strings; a quote or backslash would need escaping.
+        Err(IdError::Escaped)
     } else {
         Ok(())
     }
@@ -317,12 +335,13 @@ impl ServerFrame<'_> {
 /// The value of a record on `rtc.deliver` (key = recipient) or `rtc.rooms` (key = room).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Envelope<'a> {
+    /// `Cow`: records produced by other backends may carry escaped strings.
     #[serde(borrow)]
-    pub from: &'a str,
+    pub from: Cow<'a, str>,
     #[serde(borrow)]
-    pub id: &'a str,
+    pub id: Cow<'a, str>,
     #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
-    pub room: Option<&'a str>,
+    pub room: Option<Cow<'a, str>>,
     #[serde(borrow)]
     pub data: &'a RawValue,
 }
@@ -350,12 +369,12 @@ pub struct MsgFrame<'a> {
 
 impl<'a> MsgFrame<'a> {
     /// The frame delivering `env`, found at `offset` for a direct message.
-    pub fn from_envelope(env: &Envelope<'a>, offset: Option<i64>) -> Self {
+    pub fn from_envelope(env: &'a Envelope<'_>, offset: Option<i64>) -> Self {
         MsgFrame {
             kind: "msg",
-            from: env.from,
-            id: env.id,
-            room: env.room,
+            from: &env.from,
+            id: &env.id,
+            room: env.room.as_deref(),
             offset,
             data: env.data,
         }
@@ -435,6 +454,8 @@ mod tests {
         assert_eq!(validate_id(""), Err(IdError::Empty));
         assert_eq!(validate_id(&"a".repeat(257)), Err(IdError::TooLong));
         assert_eq!(validate_id("a\nb"), Err(IdError::Control));
+        assert_eq!(validate_id("a\"b"), Err(IdError::Escaped));
+        assert_eq!(validate_id("a\\b"), Err(IdError::Escaped));
         assert_eq!(validate_id(&"é".repeat(128)), Ok(()));
     }
 
@@ -473,8 +494,8 @@ mod tests {
         );
         let data = RawValue::from_string("[1,2]".into()).unwrap();
         let env = Envelope {
-            from: "a",
-            id: "7",
+            from: "a\"q".into(),
+            id: "7".into(),
             room: None,
             data: &data,
         };
@@ -482,7 +503,7 @@ mod tests {
         let back: Envelope = serde_json::from_str(&json).unwrap();
         assert_eq!(
             MsgFrame::from_envelope(&back, Some(12)).to_json(),
-            r#"{"type":"msg","from":"a","id":"7","offset":12,"data":[1,2]}"#
+            r#"{"type":"msg","from":"a\"q","id":"7","offset":12,"data":[1,2]}"#
         );
         assert_eq!(
             HttpError::new(ErrorCode::NoNodes, "x").to_json(),

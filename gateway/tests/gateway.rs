@@ -88,6 +88,8 @@ async fn refusals_have_documented_statuses_and_codes() {
         ("", "bad_request"),
         ("clientId=", "bad_request"),
         ("clientId=a%01b", "bad_request"),
+        ("clientId=a%22b", "quote or a backslash"),
+        ("clientId=a%5Cb", "quote or a backslash"),
     ] {
         let r = http_get(&gw.addr, &format!("/api/v1/resolve?{q}"))
             .await

@@ -15,7 +15,7 @@ use rtc_devkit::client::{Client, Endpoints};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{watch, Semaphore};
@@ -51,7 +51,7 @@ pub enum Pattern {
 pub struct Plan {
     pub ep: Endpoints,
     /// The clientIds of this run (or of this worker's shard); peers are chosen among them.
-    pub peers: Arc<Vec<String>>,
+    pub peers: Arc<Peers>,
     pub pattern: Pattern,
     pub interval: Duration,
     /// Padding added to every message's data, so messages have the requested size.
@@ -62,6 +62,43 @@ pub struct Plan {
     /// Local addresses to connect from, chosen by client index (empty: the system's choice).
     pub sources: Arc<Vec<std::net::IpAddr>>,
 }
+
+/// The clients of a run by position, and the way back from a clientId: the ledger books
+/// messages by (client index, sequence number), so no string is copied per message.
+pub struct Peers {
+    names: Vec<String>,
+    index: HashMap<String, u32>,
+}
+
+impl Peers {
+    pub fn new(names: Vec<String>) -> Self {
+        let index = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i as u32))
+            .collect();
+        Peers { names, index }
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn name(&self, i: u32) -> &str {
+        &self.names[i as usize]
+    }
+
+    pub fn index_of(&self, name: &str) -> Option<u32> {
+        self.index.get(name).copied()
+    }
+}
+
+/// A direct message: (sender's index, sequence number; the id on the wire is the number).
+pub type MsgKey = (u32, u64);
 
 /// One second of a run, for the progress line and the HTML report.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -76,17 +113,26 @@ pub struct Sample {
 
 /// Every message and delivery of a run.
 pub struct Ledger {
-    /// (sender, id) → recipient, for direct messages.
-    pub sent: HashMap<(String, String), String>,
+    /// Direct message → recipient's index.
+    pub sent: HashMap<MsgKey, u32>,
     pub sent_total: u64,
-    pub acked: HashSet<(String, String)>,
+    pub acked: HashSet<MsgKey>,
     /// Direct messages refused with an `error` frame (not accepted, so not owed).
-    pub refused: HashSet<(String, String)>,
+    pub refused: HashSet<MsgKey>,
     pub errors: usize,
-    /// (recipient, sender, id) → (times delivered, offset of the first delivery).
-    pub delivered: HashMap<(String, String, String), (usize, i64)>,
-    /// Newest seq seen per (recipient, sender), to spot reordering.
-    last_seq: HashMap<(String, String), u64>,
+    /// (recipient, message) → (times delivered, offset of the first delivery).
+    pub delivered: HashMap<(u32, MsgKey), (u32, i64)>,
+    /// Newest (sender connection, seq) seen per (recipient, sender), to spot reordering.
+    last_seq: HashMap<(u32, u32), (u32, u64)>,
+    /// Clients that ended without a connection (could not connect or reconnect): messages to
+    /// them wait in Kafka and are not counted lost.
+    pub gone: HashSet<u32>,
+    /// Room publishes acked.
+    pub publishes_acked: usize,
+    /// Direct messages sent again after a reconnect because their answer had not come.
+    pub resent: u64,
+    /// Direct messages from senders outside this run (or with ids it never sends).
+    pub foreign: u64,
     pub out_of_order: usize,
     pub room_delivered: u64,
     pub pongs: u64,
@@ -121,6 +167,10 @@ impl Default for Ledger {
             errors: 0,
             delivered: HashMap::new(),
             last_seq: HashMap::new(),
+            gone: HashSet::new(),
+            publishes_acked: 0,
+            resent: 0,
+            foreign: 0,
             out_of_order: 0,
             room_delivered: 0,
             pongs: 0,
@@ -148,12 +198,19 @@ pub struct Report {
     /// ended before the answer): not accepted as far as the sender knows.
     pub unacked: usize,
     pub delivered: usize,
-    /// Acked and never delivered: what the system promised and did not do.
+    /// Acked and never delivered to a connected recipient: what the system promised and did
+    /// not do.
     pub lost: usize,
+    /// Acked, not delivered, recipient without a connection at the end (kept in Kafka for it).
+    pub undeliverable: usize,
     pub duplicated: usize,
     pub out_of_order: usize,
     pub room_delivered: u64,
     pub pongs: u64,
+    /// Direct messages received from senders outside this run (not booked).
+    pub foreign: u64,
+    /// Direct messages sent again (same id) after a reconnect, their answer not yet received.
+    pub resent: u64,
     pub errors: usize,
     pub reconnects: usize,
     pub disconnects: usize,
@@ -225,9 +282,12 @@ impl Report {
         self.unacked += o.unacked;
         self.delivered += o.delivered;
         self.lost += o.lost;
+        self.undeliverable += o.undeliverable;
         self.duplicated += o.duplicated;
         self.out_of_order += o.out_of_order;
         self.room_delivered += o.room_delivered;
+        self.foreign += o.foreign;
+        self.resent += o.resent;
         self.pongs += o.pongs;
         self.errors += o.errors;
         self.reconnects += o.reconnects;
@@ -269,19 +329,32 @@ impl Ledger {
         Ledger::default()
     }
 
-    /// Acked direct messages that have not reached their recipient.
-    pub fn lost(&self) -> Vec<(String, String)> {
+    /// Acked direct messages that have not reached their recipient, though it is connected.
+    pub fn lost(&self) -> Vec<MsgKey> {
+        self.undelivered(|to| !self.gone.contains(&to))
+    }
+
+    /// Acked direct messages not delivered whose recipient has no connection.
+    pub fn undeliverable(&self) -> usize {
+        self.undelivered(|to| self.gone.contains(&to)).len()
+    }
+
+    fn undelivered(&self, recipient: impl Fn(u32) -> bool) -> Vec<MsgKey> {
         self.acked
             .iter()
             .filter(|k| {
-                self.sent.get(*k).is_some_and(|to| {
-                    !self
-                        .delivered
-                        .contains_key(&(to.clone(), k.0.clone(), k.1.clone()))
-                })
+                self.sent
+                    .get(*k)
+                    .is_some_and(|&to| recipient(to) && !self.delivered.contains_key(&(to, **k)))
             })
-            .cloned()
+            .copied()
             .collect()
+    }
+
+    /// Every message sent has been answered and every acked one delivered: nothing more is
+    /// owed, so a run may stop waiting.
+    pub fn settled(&self) -> bool {
+        self.unanswered() == 0 && self.lost().is_empty()
     }
 
     /// Direct messages sent and not yet answered (neither acked nor refused).
@@ -323,7 +396,10 @@ impl Ledger {
         let mut r = Report {
             clients: self.final_node.len(),
             sent: self.sent_total,
-            acked: self.acked.len(),
+            acked: self.acked.len() + self.publishes_acked,
+            foreign: self.foreign,
+            resent: self.resent,
+            undeliverable: self.undeliverable(),
             unacked: self.unanswered(),
             delivered: self.delivered.len(),
             lost: self.lost().len(),
@@ -387,7 +463,8 @@ pub async fn run_client(
     ledger: Arc<Mutex<Ledger>>,
     start: Arc<tokio::sync::Barrier>,
 ) {
-    let me = plan.peers[index].clone();
+    let me = plan.peers.name(index as u32).to_string();
+    let me_idx = index as u32;
     let mut ep = plan.ep.clone();
     if !plan.sources.is_empty() {
         ep.bind = Some(plan.sources[index % plan.sources.len()]);
@@ -407,7 +484,11 @@ pub async fn run_client(
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(client = %me, error = %e, "could not connect");
-            ledger.lock().expect("ledger lock").connect_failures += 1;
+            {
+                let mut l = ledger.lock().expect("ledger lock");
+                l.connect_failures += 1;
+                l.gone.insert(index as u32);
+            }
             start.wait().await;
             return;
         }
@@ -418,8 +499,8 @@ pub async fn run_client(
     ledger.lock().expect("ledger lock").connected += 1;
     start.wait().await;
     let mut seq = 0u64;
-    // Ping ids → (intended, actual) send times, waiting for their pong.
-    let mut pings: HashMap<u64, (u64, u64)> = HashMap::new();
+    let mut generation = 0u32;
+    let mut pending = Pending::default();
     // Spread clients over the interval so sends do not come in bursts.
     let offset = Duration::from_micros(
         u64::from(rtc_common::slot::murmur2(me.as_bytes()) as u32)
@@ -446,36 +527,42 @@ pub async fn run_client(
                 let intended = base_us + due.duration_since(base_at).as_micros() as u64;
                 seq += 1;
                 let id = seq.to_string();
-                let stamp = Stamp { seq, at: intended, ts: now_us(), pad: &plan.pad };
+                let stamp = Stamp { seq, g: generation, at: intended, ts: now_us(), pad: &plan.pad };
                 let out = match plan.pattern {
                     Pattern::Direct | Pattern::SelfSend => {
                         let to = if plan.pattern == Pattern::SelfSend {
-                            me.as_str()
+                            me_idx
                         } else {
-                            plan.peers[(index + 1 + (seq as usize * 7919) % (plan.peers.len() - 1).max(1)) % plan.peers.len()].as_str()
+                            ((index + 1 + (seq as usize * 7919) % (plan.peers.len() - 1).max(1)) % plan.peers.len()) as u32
                         };
-                        ledger.lock().expect("ledger lock").sent.insert((me.clone(), id.clone()), to.to_string());
-                        Outgoing { ty: "send", id: &id, to: Some(to), room: None, data: Some(stamp) }
+                        ledger.lock().expect("ledger lock").sent.insert((me_idx, seq), to);
+                        Outgoing { ty: "send", id: &id, to: Some(plan.peers.name(to)), room: None, data: Some(stamp) }
                     }
                     Pattern::Room => Outgoing { ty: "publish", id: &id, to: None, room: Some(&room), data: Some(stamp) },
                     Pattern::Ping => {
-                        pings.insert(seq, (intended, now_us()));
+                        pending.pings.insert(seq, (intended, now_us()));
                         Outgoing { ty: "ping", id: &id, to: None, room: None, data: None }
                     }
                 };
                 let text = serde_json::to_string(&out).expect("frames serialize");
+                if out.ty == "send" {
+                    pending.sends.insert(seq, text.clone());
+                }
                 {
                     let mut l = ledger.lock().expect("ledger lock");
                     l.sent_total += 1;
                     l.window.0 += 1;
                 }
-                if c.send_text(text).await.is_err() && !reconnect(&mut c, &plan, &room, &ledger).await {
-                    break;
+                if c.send_text(text).await.is_err() {
+                    generation += 1;
+                    if !reconnect(&mut c, &plan, &room, &mut pending, &ledger).await {
+                        break;
+                    }
                 }
             }
             m = c.ws.next() => {
                 let must_reconnect = match m {
-                    Some(Ok(Message::Text(t))) => handle(&me, &t, &mut c, &mut pings, &ledger),
+                    Some(Ok(Message::Text(t))) => handle(me_idx, &t, &mut c, &plan.peers, &mut pending, &ledger),
                     Some(Ok(Message::Close(_))) | Some(Err(_)) | None => true,
                     Some(Ok(_)) => false,
                 };
@@ -483,7 +570,8 @@ pub async fn run_client(
                     if c.moved {
                         tokio::time::sleep(Duration::from_millis(c.move_delay_ms)).await;
                     }
-                    if !reconnect(&mut c, &plan, &room, &ledger).await { break; }
+                    generation += 1;
+                    if !reconnect(&mut c, &plan, &room, &mut pending, &ledger).await { break; }
                 }
             }
         }
@@ -524,6 +612,9 @@ struct Outgoing<'a> {
 #[derive(Serialize)]
 struct Stamp<'a> {
     seq: u64,
+    /// The sender's connection (0 for the first, +1 per reconnect): order is promised within
+    /// one connection, not across a move.
+    g: u32,
     at: u64,
     ts: u64,
     pad: &'a str,
@@ -552,32 +643,40 @@ struct Incoming<'a> {
 #[derive(Deserialize, Default)]
 struct StampIn {
     seq: Option<u64>,
+    g: Option<u32>,
     at: Option<u64>,
     ts: Option<u64>,
 }
 
 /// Books one text frame; true when the client must reconnect (a `move`).
 fn handle(
-    me: &str,
+    me: u32,
     text: &str,
     c: &mut Client,
-    pings: &mut HashMap<u64, (u64, u64)>,
+    peers: &Peers,
+    pending: &mut Pending,
     ledger: &Mutex<Ledger>,
 ) -> bool {
     let Ok(f) = serde_json::from_str::<Incoming>(text) else {
-        tracing::warn!(client = me, frame = text, "unparseable frame");
+        tracing::warn!(client = peers.name(me), frame = text, "unparseable frame");
         ledger.lock().expect("ledger lock").errors += 1;
         return false;
     };
     c.observe(&f.ty, f.offset, f.delay_ms);
-    let id = f.id.as_deref().unwrap_or_default();
+    // Every id this run sends is its sequence number.
+    let seq: Option<u64> = f.id.as_deref().and_then(|i| i.parse().ok());
     let mut l = ledger.lock().expect("ledger lock");
     match &*f.ty {
-        "ack" => {
-            l.acked.insert((me.to_string(), id.to_string()));
-        }
+        "ack" => match seq {
+            Some(n) if l.sent.contains_key(&(me, n)) => {
+                pending.sends.remove(&n);
+                l.acked.insert((me, n));
+            }
+            // Acks come only to the sender: anything else is a room publish.
+            _ => l.publishes_acked += 1,
+        },
         "pong" => {
-            if let Some((intended, actual)) = id.parse().ok().and_then(|i: u64| pings.remove(&i)) {
+            if let Some((intended, actual)) = seq.and_then(|i| pending.pings.remove(&i)) {
                 l.pongs += 1;
                 l.window.1 += 1;
                 l.record_latency(Some(intended), Some(actual));
@@ -586,8 +685,9 @@ fn handle(
         "error" => {
             l.errors += 1;
             l.window.2 += 1;
-            if !id.is_empty() {
-                l.refused.insert((me.to_string(), id.to_string()));
+            if let Some(n) = seq.filter(|n| l.sent.contains_key(&(me, *n))) {
+                pending.sends.remove(&n);
+                l.refused.insert((me, n));
             }
         }
         "msg" => {
@@ -601,32 +701,42 @@ fn handle(
                 l.room_delivered += 1;
             } else {
                 let from = f.from.as_deref().unwrap_or_default();
+                let (Some(sender), Some(n)) = (peers.index_of(from), seq) else {
+                    l.foreign += 1;
+                    return false;
+                };
+                if !l.sent.contains_key(&(sender, n)) {
+                    l.foreign += 1;
+                    return false;
+                }
                 let offset = f.offset.unwrap_or(-1);
-                let seen = l
-                    .delivered
-                    .entry((me.to_string(), from.to_string(), id.to_string()))
-                    .or_insert((0, offset));
+                let seen = l.delivered.entry((me, (sender, n))).or_insert((0, offset));
                 seen.0 += 1;
                 if seen.0 > 1 {
                     // Same offset twice would be a server bug; two offsets mean the record is in
                     // Kafka twice (a producer retry the broker did not deduplicate).
                     let first = seen.1;
                     tracing::warn!(
-                        recipient = me,
+                        recipient = peers.name(me),
                         from,
-                        id,
+                        id = n,
                         first_offset = first,
                         offset,
                         "duplicate delivery"
                     );
+                    return false;
                 }
-                if let Some(seq) = stamp.seq {
-                    let last = l
-                        .last_seq
-                        .entry((me.to_string(), from.to_string()))
-                        .or_insert(0);
-                    let reordered = seq < *last;
-                    *last = (*last).max(seq);
+                if let (Some(seq), Some(g)) = (stamp.seq, stamp.g) {
+                    // Per sender connection: a message from an older connection may arrive after
+                    // newer ones (two nodes' producers), which the protocol does not order.
+                    let last = l.last_seq.entry((me, sender)).or_insert((g, 0));
+                    let mut reordered = false;
+                    if g > last.0 {
+                        *last = (g, seq);
+                    } else if g == last.0 {
+                        reordered = seq < last.1;
+                        last.1 = last.1.max(seq);
+                    }
                     l.out_of_order += usize::from(reordered);
                 }
             }
@@ -637,7 +747,24 @@ fn handle(
     false
 }
 
-async fn reconnect(c: &mut Client, plan: &Plan, room: &str, ledger: &Mutex<Ledger>) -> bool {
+/// What one client still waits to hear about.
+#[derive(Default)]
+struct Pending {
+    /// Ping id → (intended, actual) send times, waiting for the pong.
+    pings: HashMap<u64, (u64, u64)>,
+    /// Direct messages neither acked nor refused yet, by sequence number, as sent. After a
+    /// reconnect they are sent again with the same id, as a real client does: the answer to the
+    /// first copy died with the old connection, and the owner delivers an id once.
+    sends: BTreeMap<u64, String>,
+}
+
+async fn reconnect(
+    c: &mut Client,
+    plan: &Plan,
+    room: &str,
+    pending: &mut Pending,
+    ledger: &Mutex<Ledger>,
+) -> bool {
     {
         let mut l = ledger.lock().expect("ledger lock");
         l.connected -= 1;
@@ -654,9 +781,20 @@ async fn reconnect(c: &mut Client, plan: &Plan, room: &str, ledger: &Mutex<Ledge
     if r.is_ok() && plan.pattern == Pattern::Room {
         let _ = c.send_text(join_frame(room)).await;
     }
+    let mut resent = 0;
+    if r.is_ok() {
+        // A failure here closes the new connection too; the next read sees it and reconnects.
+        for text in pending.sends.values() {
+            if c.send_text(text.clone()).await.is_err() {
+                break;
+            }
+            resent += 1;
+        }
+    }
     let mut l = ledger.lock().expect("ledger lock");
     // Counted as connected either way: the task's end takes it off once.
     l.connected += 1;
+    l.resent += resent;
     match r {
         Ok(()) => {
             l.reconnects += 1;
@@ -665,6 +803,9 @@ async fn reconnect(c: &mut Client, plan: &Plan, room: &str, ledger: &Mutex<Ledge
         Err(e) => {
             tracing::warn!(client = %c.client_id, error = %e, "could not reconnect");
             l.connect_failures += 1;
+            if let Some(i) = plan.peers.index_of(&c.client_id) {
+                l.gone.insert(i);
+            }
             false
         }
     }

@@ -7,7 +7,7 @@
 use anyhow::Context;
 use clap::Parser;
 use rtc_devkit::client::{http_get, Endpoints};
-use rtc_loadtest::{html, run_client, threshold, Ledger, Pattern, Phase, Plan, Report};
+use rtc_loadtest::{html, run_client, threshold, Ledger, Pattern, Peers, Phase, Plan, Report};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -61,7 +61,7 @@ struct Args {
     #[arg(long, env = "CLIENT_PREFIX", default_value = "load")]
     prefix: String,
     /// Conditions the run must meet, e.g. 'p99<50ms,lost==0' (metrics: p50 p90 p99 p999 max in
-    /// ms; lost unacked duplicated out_of_order errors reconnects connect_failures).
+    /// ms; lost unacked undeliverable duplicated out_of_order errors reconnects connect_failures).
     #[arg(long, env = "FAIL_IF")]
     fail_if: Option<String>,
     /// Print the final report as JSON on stdout.
@@ -195,8 +195,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "clients": report.clients, "sent": report.sent, "acked": report.acked, "unacked": report.unacked, "delivered": report.delivered,
-                "lost": report.lost, "duplicated": report.duplicated, "out_of_order": report.out_of_order,
-                "room_delivered": report.room_delivered, "pongs": report.pongs, "errors": report.errors,
+                "lost": report.lost, "undeliverable": report.undeliverable, "duplicated": report.duplicated, "out_of_order": report.out_of_order,
+                "room_delivered": report.room_delivered, "pongs": report.pongs, "foreign": report.foreign, "resent": report.resent, "errors": report.errors,
                 "reconnects": report.reconnects, "disconnects": report.disconnects, "connect_failures": report.connect_failures,
                 "latency_ms": {"p50": report.latency_ms_p50, "p90": report.latency_ms_p90, "p99": report.latency_ms_p99, "p999": report.latency_ms_p999, "max": report.latency_ms_max},
                 "service_ms": {"p50": report.service_ms_p50, "p99": report.service_ms_p99},
@@ -243,9 +243,10 @@ fn print_summary(r: &Report, workers: usize, duration: u64) {
     );
     let received = r.delivered as u64 + r.room_delivered + r.pongs;
     println!(
-        "messages:    sent {} ({:.0}/s), acked {} (unacked {}), received {} ({:.0}/s); lost {}, duplicated {}, out of order {}, errors {}",
+        "messages:    sent {} ({:.0}/s, {} resent after a reconnect), acked {} (unacked {}), received {} ({:.0}/s); lost {}, duplicated {}, out of order {}, errors {}",
         r.sent,
         r.sent as f64 / duration.max(1) as f64,
+        r.resent,
         r.acked,
         r.unacked,
         received,
@@ -332,7 +333,9 @@ async fn run_shard(
     };
     let plan = Plan {
         ep,
-        peers: Arc::new((lo..hi).map(|k| format!("{}-{k}", args.prefix)).collect()),
+        peers: Arc::new(Peers::new(
+            (lo..hi).map(|k| format!("{}-{k}", args.prefix)).collect(),
+        )),
         pattern: args.pattern,
         interval: Duration::from_millis(args.msg_interval.max(1)),
         pad: Arc::from("x".repeat(args.msg_size.saturating_sub(60))),
@@ -376,7 +379,7 @@ async fn run_shard(
     loop {
         let (settled, count) = {
             let l = ledger.lock().expect("ledger lock");
-            (l.unanswered() == 0 && l.lost().is_empty(), l.progress())
+            (l.settled(), l.progress())
         };
         if count != last_count {
             (last_count, last_change) = (count, Instant::now());
@@ -384,7 +387,7 @@ async fn run_shard(
         if settled || last_change.elapsed() > Duration::from_secs(30) || Instant::now() > deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let cpu_after = rtc_loadtest::process_cpu();
     let cpu = (cpu_after.0 - cpu_before.0, cpu_after.1 - cpu_before.1);
@@ -394,11 +397,14 @@ async fn run_shard(
     }
     progress.abort();
     let l = ledger.lock().expect("ledger lock");
-    for (sender, id) in l.lost().iter().take(20) {
-        let to = l.sent.get(&(sender.clone(), id.clone()));
+    for (sender, id) in l.lost().into_iter().take(20) {
+        let to = l
+            .sent
+            .get(&(sender, id))
+            .map_or("?", |&t| plan.peers.name(t));
         eprintln!(
-            "{tag}not delivered: {sender} → {} id {id} (acked)",
-            to.map_or("?", |t| t.as_str())
+            "{tag}not delivered: {} → {to} id {id} (acked)",
+            plan.peers.name(sender)
         );
     }
     let report = l.report(cpu);

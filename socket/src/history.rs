@@ -106,6 +106,14 @@ impl History {
         Pushed::Stored
     }
 
+    /// Consumes a record that holds no message (unreadable): nothing to serve, but the slot has
+    /// read past it.
+    pub fn skip(&mut self, offset: i64) {
+        if self.floor.is_some() && offset > self.last {
+            self.last = offset;
+        }
+    }
+
     /// Drops entries over `max_len` or older than `min_at_ms`, raising `floor`.
     pub fn trim(&mut self, max_len: usize, min_at_ms: u64) {
         while let Some(front) = self.entries.front() {
@@ -221,5 +229,19 @@ mod tests {
         assert_eq!(h.last_offset(), 41);
         assert!(h.covers(41));
         assert!(!h.covers(40));
+    }
+
+    #[test]
+    fn skipped_records_advance_only_a_started_history() {
+        let mut h = History::new();
+        h.skip(5);
+        assert_eq!(h.last_offset(), -1, "no start yet: nothing to advance");
+        h.start_at(10);
+        h.skip(12);
+        assert_eq!(h.last_offset(), 12);
+        h.skip(11);
+        assert_eq!(h.last_offset(), 12, "never backwards");
+        assert!(h.is_empty());
+        assert!(h.covers(9), "the floor stays where the start was");
     }
 }

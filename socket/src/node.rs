@@ -51,6 +51,17 @@ pub struct Slot {
     pub released_at: Option<Instant>,
 }
 
+impl Slot {
+    /// The record at `offset` has been consumed: a loading slot is ready once it reaches the
+    /// high watermark read at takeover.
+    fn loaded_through(&mut self, offset: i64) {
+        if self.load_target.is_some_and(|t| offset + 1 >= t) {
+            self.phase = Phase::Ready;
+            self.load_target = None;
+        }
+    }
+}
+
 /// Why a connection is refused before the upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refusal {
@@ -495,10 +506,7 @@ impl Node {
         if pushed == Pushed::Old {
             return;
         }
-        if slot.load_target.is_some_and(|t| offset + 1 >= t) {
-            slot.phase = Phase::Ready;
-            slot.load_target = None;
-        }
+        slot.loaded_through(offset);
         if pushed == Pushed::Duplicate {
             self.metrics.duplicate_dropped.inc();
             return;
@@ -517,6 +525,16 @@ impl Node {
                     self.metrics.closed.with_label_values(&["4001"]).inc();
                 }
             }
+        }
+    }
+
+    /// Slot `s` consumed a record at `offset` that holds no message (unreadable): loading
+    /// still counts it, so a slot whose last record is bad does not stay loading.
+    pub fn skip(&self, s: u32, offset: i64) {
+        let mut slot = self.slot(s);
+        if slot.phase != Phase::Idle {
+            slot.history.skip(offset);
+            slot.loaded_through(offset);
         }
     }
 

@@ -81,7 +81,7 @@ fn frame_of(
     recipient: &str,
 ) -> Option<(Utf8Bytes, u64)> {
     let env: Envelope = serde_json::from_slice(payload?).ok()?;
-    let key = crate::history::message_key(recipient, env.from, env.id);
+    let key = crate::history::message_key(recipient, &env.from, &env.id);
     Some((
         Utf8Bytes::from(MsgFrame::from_envelope(&env, offset).to_json()),
         key,
@@ -120,12 +120,19 @@ pub async fn run_deliver(
             _ = retry.tick() => dirty = !node.unstarted().is_empty() || !assigned.unpositioned.is_empty(),
             r = consumer.recv() => match r {
                 Ok(m) => {
+                    let slot = m.partition() as u32;
+                    // A slot with a new start that the consumer has not been moved to yet: what
+                    // arrives is from the old position and would leave a gap in its history.
+                    if assigned.unpositioned.contains(&slot) {
+                        continue;
+                    }
                     let recipient = m.key().and_then(|k| std::str::from_utf8(k).ok());
                     let Some((recipient, (frame, key))) = recipient.and_then(|r| Some((r, frame_of(m.payload(), Some(m.offset()), r)?))) else {
                         tracing::warn!(partition = m.partition(), offset = m.offset(), "skipping a malformed deliver record");
+                        node.skip(slot, m.offset());
                         continue;
                     };
-                    node.deliver(m.partition() as u32, m.offset(), recipient, key, frame, record_ms(&m));
+                    node.deliver(slot, m.offset(), recipient, key, frame, record_ms(&m));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "deliver consumer error");
@@ -165,21 +172,28 @@ async fn reassign(
     st: &mut Assigned,
 ) -> anyhow::Result<()> {
     let unstarted = node.unstarted();
+    let mut unread = None;
     if !unstarted.is_empty() {
         let (c, keep) = (consumer.clone(), node.cfg.history_max_messages as i64);
         let marks = tokio::task::spawn_blocking(move || {
             unstarted
                 .into_iter()
                 .map(|s| {
-                    c.fetch_watermarks(DELIVER_TOPIC, s as i32, Duration::from_secs(5))
-                        .map(|(lo, hi)| (s, (hi - keep).max(lo), hi))
+                    let marks = c.fetch_watermarks(DELIVER_TOPIC, s as i32, Duration::from_secs(5));
+                    (s, marks.map(|(lo, hi)| ((hi - keep).max(lo), hi)))
                 })
-                .collect::<Result<Vec<_>, _>>()
+                .collect::<Vec<_>>()
         })
-        .await??;
-        for (s, start, high) in marks {
-            node.begin_load(s, start, high);
-            st.unpositioned.insert(s);
+        .await?;
+        // Slots whose watermarks came back start now; the others wait for the next round.
+        for (s, marks) in marks {
+            match marks {
+                Ok((start, high)) => {
+                    node.begin_load(s, start, high);
+                    st.unpositioned.insert(s);
+                }
+                Err(e) => unread = Some((s, e)),
+            }
         }
     }
     let plan = node.consumer_plan();
@@ -223,7 +237,7 @@ async fn reassign(
             match e.error() {
                 Ok(()) => {
                     st.unpositioned.remove(&s);
-                    if st.active.insert(s) {
+                    if !st.active.contains(&s) {
                         resumed.push(s);
                     }
                 }
@@ -233,11 +247,15 @@ async fn reassign(
             }
         }
         if !resumed.is_empty() {
-            consumer.resume(&deliver_list(resumed.into_iter().map(|s| (s, None)))?)?;
+            consumer.resume(&deliver_list(resumed.iter().map(|&s| (s, None)))?)?;
+            st.active.extend(resumed);
         }
         if seek.len() != sought.count() || sought.elements().iter().any(|e| e.error().is_err()) {
             anyhow::bail!("some deliver partitions could not be positioned");
         }
+    }
+    if let Some((s, e)) = unread {
+        anyhow::bail!("reading the watermarks of slot {s} failed: {e}");
     }
     tracing::debug!(
         reading = st.active.len(),

@@ -38,11 +38,7 @@ fn parse_query(q: Option<&str>) -> Result<Params, &'static str> {
         serde_urlencoded::from_str(q.unwrap_or("")).map_err(|_| "the query string is not valid")?;
     let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
     let client_id = get("clientId").ok_or("clientId is required")?;
-    validate_id(&client_id).map_err(|e| match e {
-        rtc_common::protocol::IdError::Empty => "clientId is empty",
-        rtc_common::protocol::IdError::TooLong => "clientId is longer than 256 bytes",
-        rtc_common::protocol::IdError::Control => "clientId contains a control character",
-    })?;
+    validate_id(&client_id).map_err(|e| e.client_id_reason())?;
     let token = get("token").unwrap_or_default();
     let resume = match get("resumeOffset").filter(|s| !s.is_empty()) {
         None => None,
@@ -421,8 +417,8 @@ fn handle_frame(node: &Arc<Node>, conn: &Arc<Conn>, text: &str, rooms: &mut Hash
     match frame {
         ClientFrame::Send { id, to, data } => {
             let env = Envelope {
-                from: &conn.client_id,
-                id,
+                from: conn.client_id.as_ref().into(),
+                id: id.into(),
                 room: None,
                 data,
             }
@@ -433,9 +429,9 @@ fn handle_frame(node: &Arc<Node>, conn: &Arc<Conn>, text: &str, rooms: &mut Hash
         }
         ClientFrame::Publish { id, room, data } => {
             let env = Envelope {
-                from: &conn.client_id,
-                id,
-                room: Some(room),
+                from: conn.client_id.as_ref().into(),
+                id: id.into(),
+                room: Some(room.into()),
                 data,
             }
             .to_json();

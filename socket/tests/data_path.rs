@@ -350,6 +350,42 @@ async fn a_slot_given_back_is_read_again_from_its_new_start() {
     stack.shutdown().await;
 }
 
+/// An unreadable record as the newest of a partition (a foreign producer's garbage) does not
+/// keep a slot loading: the node that takes the slot over counts it and becomes ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_last_record_does_not_keep_a_slot_loading() {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let mut stack = Stack::start(1, |_| {}).await;
+    stack.settle().await;
+    let producer: FutureProducer =
+        rtc_common::kafka::producer_config(&stack.kafka.bootstrap, Duration::from_secs(5))
+            .create()
+            .unwrap();
+    for p in 0..support::SLOTS as i32 {
+        let rec = FutureRecord::to(rtc_common::kafka::DELIVER_TOPIC)
+            .partition(p)
+            .key("someone")
+            .payload("not an envelope");
+        producer
+            .send(rec, Duration::from_secs(5))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    // The new node loads every slot it is given up to a garbage record; settle() waits until
+    // it serves all of them.
+    stack.add_node().await;
+    stack.settle().await;
+    let ep = stack.endpoints();
+    let (alice_id, bob_id) = (stack.client_on(0, "alice"), stack.client_on(1, "bob"));
+    let mut alice = Client::connect(&ep, &alice_id, None, T).await.unwrap();
+    let mut bob = Client::connect(&ep, &bob_id, None, T).await.unwrap();
+    alice.send("after", &bob_id, json!(1)).await.unwrap();
+    let m = bob.until(T, |f| f["type"] == "msg").await.unwrap();
+    assert_eq!(m["id"], "after");
+    stack.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_stored_twice_in_kafka_is_delivered_once() {
     use rdkafka::producer::{FutureProducer, FutureRecord};

@@ -4,7 +4,7 @@
 
 use rtc_devkit::client::Endpoints;
 use rtc_devkit::stack::{GatewayHandle, Stack};
-use rtc_loadtest::{run_client, Ledger, Pattern, Phase, Plan};
+use rtc_loadtest::{run_client, Ledger, Pattern, Peers, Phase, Plan};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -33,7 +33,7 @@ async fn drain_moves_every_client_and_loses_nothing() {
     let start = Arc::new(tokio::sync::Barrier::new(ids.len() + 1));
     let plan = Plan {
         ep,
-        peers: ids.clone(),
+        peers: Arc::new(Peers::new(ids.to_vec())),
         pattern: Pattern::Direct,
         interval: Duration::from_millis(400),
         pad: Arc::from(""),
@@ -87,14 +87,10 @@ async fn drain_moves_every_client_and_loses_nothing() {
     .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     phase_tx.send(Phase::Quiet).unwrap();
-    // Let in-flight acks land, then wait (bounded) until the ack count is stable and every acked
-    // message has arrived: an ack counted before its delivery could happen is not a loss.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut last_acked = usize::MAX;
-    let settled = rtc_devkit::wait_for("acked messages to arrive", Duration::from_secs(20), || {
-        let l = ledger.lock().unwrap();
-        let stable = std::mem::replace(&mut last_acked, l.acked.len()) == l.acked.len();
-        let ok = stable && l.lost().is_empty();
+    // Wait (bounded) until every message sent is answered and every acked one has arrived: an
+    // ack still in flight, or a delivery still on its way, is not a loss.
+    let settled = rtc_devkit::wait_for("every message to settle", Duration::from_secs(20), || {
+        let ok = ledger.lock().unwrap().settled();
         async move { ok }
     })
     .await;
