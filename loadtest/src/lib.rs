@@ -127,6 +127,8 @@ pub struct Ledger {
     /// Clients that ended without a connection (could not connect or reconnect): messages to
     /// them wait in Kafka and are not counted lost.
     pub gone: HashSet<u32>,
+    /// Why connections ended before the run did: "move", a close code, "eof" or "error: …".
+    pub closes: BTreeMap<String, u64>,
     /// Room publishes acked.
     pub publishes_acked: usize,
     /// Direct messages sent again after a reconnect because their answer had not come.
@@ -168,6 +170,7 @@ impl Default for Ledger {
             delivered: HashMap::new(),
             last_seq: HashMap::new(),
             gone: HashSet::new(),
+            closes: BTreeMap::new(),
             publishes_acked: 0,
             resent: 0,
             foreign: 0,
@@ -211,6 +214,8 @@ pub struct Report {
     pub foreign: u64,
     /// Direct messages sent again (same id) after a reconnect, their answer not yet received.
     pub resent: u64,
+    /// Why connections ended before the run did ("move", close code, "eof", "error: …") → count.
+    pub closes: BTreeMap<String, u64>,
     pub errors: usize,
     pub reconnects: usize,
     pub disconnects: usize,
@@ -288,6 +293,9 @@ impl Report {
         self.room_delivered += o.room_delivered;
         self.foreign += o.foreign;
         self.resent += o.resent;
+        for (k, v) in &o.closes {
+            *self.closes.entry(k.clone()).or_default() += v;
+        }
         self.pongs += o.pongs;
         self.errors += o.errors;
         self.reconnects += o.reconnects;
@@ -400,6 +408,7 @@ impl Ledger {
             foreign: self.foreign,
             resent: self.resent,
             undeliverable: self.undeliverable(),
+            closes: self.closes.clone(),
             unacked: self.unanswered(),
             delivered: self.delivered.len(),
             lost: self.lost().len(),
@@ -563,7 +572,19 @@ pub async fn run_client(
             m = c.ws.next() => {
                 let must_reconnect = match m {
                     Some(Ok(Message::Text(t))) => handle(me_idx, &t, &mut c, &plan.peers, &mut pending, &ledger),
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => true,
+                    Some(Ok(Message::Close(f))) => {
+                        let code = f.map_or(1005, |f| u16::from(f.code));
+                        *ledger.lock().expect("ledger lock").closes.entry(code.to_string()).or_default() += 1;
+                        true
+                    }
+                    Some(Err(e)) => {
+                        *ledger.lock().expect("ledger lock").closes.entry(format!("error: {e}")).or_default() += 1;
+                        true
+                    }
+                    None => {
+                        *ledger.lock().expect("ledger lock").closes.entry("eof".into()).or_default() += 1;
+                        true
+                    }
                     Some(Ok(_)) => false,
                 };
                 if must_reconnect {
@@ -741,7 +762,10 @@ fn handle(
                 }
             }
         }
-        "move" => return true,
+        "move" => {
+            *l.closes.entry("move".into()).or_default() += 1;
+            return true;
+        }
         _ => {}
     }
     false

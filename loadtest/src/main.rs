@@ -196,7 +196,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "clients": report.clients, "sent": report.sent, "acked": report.acked, "unacked": report.unacked, "delivered": report.delivered,
                 "lost": report.lost, "undeliverable": report.undeliverable, "duplicated": report.duplicated, "out_of_order": report.out_of_order,
-                "room_delivered": report.room_delivered, "pongs": report.pongs, "foreign": report.foreign, "resent": report.resent, "errors": report.errors,
+                "room_delivered": report.room_delivered, "pongs": report.pongs, "foreign": report.foreign, "resent": report.resent, "closes": report.closes, "errors": report.errors,
                 "reconnects": report.reconnects, "disconnects": report.disconnects, "connect_failures": report.connect_failures,
                 "latency_ms": {"p50": report.latency_ms_p50, "p90": report.latency_ms_p90, "p99": report.latency_ms_p99, "p999": report.latency_ms_p999, "max": report.latency_ms_max},
                 "service_ms": {"p50": report.service_ms_p50, "p99": report.service_ms_p99},
@@ -241,6 +241,9 @@ fn print_summary(r: &Report, workers: usize, duration: u64) {
         "connections: {} clients ({} worker processes); peak connected {}; connect failures {}, disconnects {}, reconnects {}",
         r.clients, workers, peak, r.connect_failures, r.disconnects, r.reconnects
     );
+    if !r.closes.is_empty() {
+        println!("closed by:   {:?}", r.closes);
+    }
     let received = r.delivered as u64 + r.room_delivered + r.pongs;
     println!(
         "messages:    sent {} ({:.0}/s, {} resent after a reconnect), acked {} (unacked {}), received {} ({:.0}/s); lost {}, duplicated {}, out of order {}, errors {}",
