@@ -506,7 +506,10 @@ pub async fn run_client(
         let _ = c.send_text(join_frame(&room)).await;
     }
     ledger.lock().expect("ledger lock").connected += 1;
-    start.wait().await;
+    // Until every client is connected this one keeps reading (answering the node's pings: a
+    // client that stops reading is dropped as dead), and waits at the barrier in the loop.
+    let mut started = false;
+    let mut barrier = Box::pin(start.wait());
     let mut seq = 0u64;
     let mut generation = 0u32;
     let mut pending = Pending::default();
@@ -517,7 +520,7 @@ pub async fn run_client(
     );
     // Open loop: ticks that fall due while the client is busy (reconnecting, blocked on a full
     // socket) fire late, back to back, and carry their intended time — so the wait counts.
-    let (base_at, base_us) = (tokio::time::Instant::now(), now_us());
+    let (mut base_at, mut base_us) = (tokio::time::Instant::now(), now_us());
     let mut tick = tokio::time::interval_at(base_at + offset, plan.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     // One long-lived future per phase change instead of a new waiter on every frame.
@@ -525,6 +528,12 @@ pub async fn run_client(
     let mut changed = Box::pin(next_phase(phase));
     loop {
         tokio::select! {
+            _ = &mut barrier, if !started => {
+                // The schedule starts now.
+                started = true;
+                (base_at, base_us) = (tokio::time::Instant::now(), now_us());
+                tick.reset_at(base_at + offset);
+            }
             (p, rx) = &mut changed => {
                 match p {
                     Phase::Done => break,
@@ -532,7 +541,7 @@ pub async fn run_client(
                 }
                 changed = Box::pin(next_phase(rx));
             }
-            due = tick.tick(), if sending => {
+            due = tick.tick(), if sending && started => {
                 let intended = base_us + due.duration_since(base_at).as_micros() as u64;
                 seq += 1;
                 let id = seq.to_string();
@@ -596,6 +605,10 @@ pub async fn run_client(
                 }
             }
         }
+    }
+    if !started {
+        // Gave up before the start: the others still wait for this client at the barrier.
+        barrier.await;
     }
     let mut l = ledger.lock().expect("ledger lock");
     l.connected -= 1;
