@@ -343,7 +343,8 @@ async fn run(
             }
             _ = ping.tick() => {
                 if last_seen.elapsed() > Duration::from_secs(node.cfg.ping_interval_secs * 3) {
-                    break None;
+                    // Dead, or alive and not reading: a close frame tells the second kind why.
+                    break Some(CloseReason { code: close::GOING_AWAY, reason: "ping timeout" });
                 }
                 if tokio::time::timeout(WRITE_TIMEOUT, ws.send(Message::Ping(Default::default()))).await.map_or(true, |r| r.is_err()) {
                     break None;

@@ -155,3 +155,20 @@ async fn slow_consumer_is_closed_and_loses_nothing() {
     assert_eq!(got.len(), sent);
     stack.shutdown().await;
 }
+
+/// A client that stops reading (so never answers pings) is closed with 1001 `ping timeout`
+/// after three ping intervals, and can come back with its resume offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_answers_pings_is_closed_with_a_reason() {
+    let stack = Stack::start(1, |c| c.ping_interval_secs = 1).await;
+    let ep = stack.endpoints();
+    let mut bob = Client::connect(&ep, "bob", None, T).await.unwrap();
+    // Not reading: tungstenite answers a ping only while it reads.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let close = bob.until(T, |f| f["type"] == "close").await.unwrap();
+    assert_eq!(close["code"], 1001, "{close}");
+    assert_eq!(close["reason"], "ping timeout");
+    bob.reconnect(T).await.unwrap();
+    assert!(bob.recovered);
+    stack.shutdown().await;
+}
