@@ -50,8 +50,11 @@ impl Stack {
         let kafka = Kafka::from_env(SLOTS).await.expect("kafka starts");
         let mut bcfg = rtc_balancer::config::Config::for_tests(&kafka.bootstrap, &redis.url);
         bcfg.shared.slots = SLOTS;
-        // Every node of an in-process stack shares one process: its CPU says nothing per node.
+        // Every node of an in-process stack shares one process (and, in the test suite, the
+        // machine with other stacks): its CPU and delivery latency say nothing per node, and
+        // weights following them would move clients in the middle of a test.
         bcfg.cpu_per_pod = 1e6;
+        bcfg.l_slo_ms = 3_600_000;
         let server = rtc_balancer::build(bcfg).await.expect("balancer builds");
         let balancer = server.addr;
         let bal = server.bal.clone();
@@ -82,7 +85,9 @@ impl Stack {
         cfg.node_id = Some(format!("node-{}", self.next));
         self.next += 1;
         cfg.heartbeat_interval_ms = 200;
-        cfg.heartbeat_ttl_secs = 2;
+        // A stopped node deletes its heartbeat at once; the TTL only covers a node that dies,
+        // and a short one would declare a node dead whenever a loaded test machine stalls.
+        cfg.heartbeat_ttl_secs = 10;
         cfg.move_jitter_ms = 200;
         cfg.move_pace_secs = 1;
         (self.tweak)(&mut cfg);
