@@ -214,7 +214,7 @@ impl Node {
     /// Whether the node should take new connections.
     pub fn ready(&self) -> bool {
         !self.draining.load(Ordering::Relaxed)
-            && self.has_ring.load(Ordering::Relaxed)
+            && self.serving()
             && self.redis_ok.load(Ordering::Relaxed)
     }
 
@@ -356,11 +356,12 @@ impl Node {
                 Some(1),
             ));
         }
-        if !self.has_ring.load(Ordering::Relaxed) {
+        if !self.serving() {
+            // Without a placed rooms reader, a room message published now could be missed.
             return Err(Refusal::new(
                 503,
                 ErrorCode::NotReady,
-                "this node has no ring yet",
+                "this node is starting (no ring yet, or its rooms reader is not placed)",
                 Some(1),
             ));
         }

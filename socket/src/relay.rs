@@ -88,6 +88,16 @@ fn frame_of(
     ))
 }
 
+/// A tick on which a reader polls its consumer afresh even if it was not woken: rust-rdkafka's
+/// `StreamConsumer` is woken only when librdkafka's queue turns from empty to non-empty
+/// (fede1024/rust-rdkafka#665 was a lost wake-up of that kind). Cheap insurance: a lost wake-up
+/// would cost at most 200 ms. The deliver reader has its own 1 s retry tick.
+fn repoll_tick() -> tokio::time::Interval {
+    let mut t = tokio::time::interval(Duration::from_millis(200));
+    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    t
+}
+
 /// Reads the owned slots of `rtc.deliver` until `cancel`.
 pub async fn run_deliver(
     node: Arc<Node>,
@@ -321,11 +331,19 @@ pub async fn run_rooms(
         }
     };
     consumer.assign(&tpl)?;
+    let ends: Vec<i64> = tpl
+        .elements()
+        .iter()
+        .map(|e| e.offset().to_raw().unwrap_or(-1))
+        .collect();
+    tracing::info!(node = %node.id, ?ends, "rooms reader placed");
     node.rooms_ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut repoll = repoll_tick();
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
+            _ = repoll.tick() => {}
             r = consumer.recv() => match r {
                 Ok(m) => {
                     let Some(room) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
@@ -357,8 +375,10 @@ pub async fn run_control(
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(CONTROL_TOPIC, 0, Offset::OffsetTail(1))?;
     consumer.assign(&tpl)?;
+    let mut repoll = repoll_tick();
     loop {
         tokio::select! {
+            _ = repoll.tick() => {}
             _ = cancel.cancelled() => return Ok(()),
             r = consumer.recv() => match r {
                 Ok(m) if m.key() == Some(RING_KEY.as_bytes()) => {

@@ -61,12 +61,19 @@ async fn room_message_fans_out_to_members_on_every_node() {
         .send_text(json!({"type":"publish","id":"p1","room":"lobby","data":[1,2,3]}).to_string())
         .await
         .unwrap();
-    members[0]
+    let ack = members[0]
         .until(T, |f| f["type"] == "ack" && f["id"] == "p1")
         .await
         .unwrap();
-    for m in members.iter_mut() {
-        let f = m.until(T, |f| f["type"] == "msg").await.unwrap();
+    eprintln!(
+        "room test: publish acked {ack} at {:?}",
+        std::time::SystemTime::now()
+    );
+    for (i, m) in members.iter_mut().enumerate() {
+        let f = m
+            .until(T, |f| f["type"] == "msg")
+            .await
+            .unwrap_or_else(|e| panic!("member {i} on {}: no room message: {e:#}", m.node));
         assert_eq!(
             (f["room"].as_str(), f["id"].as_str(), &f["data"]),
             (Some("lobby"), Some("p1"), &json!([1, 2, 3]))
