@@ -81,9 +81,8 @@ fn chart(title: &str, unit: &str, xs: &[f64], series: &[(&str, &str, Vec<f64>)])
 }
 
 /// Horizontal bars of connections per node.
-fn bars(per_node: &std::collections::HashMap<String, usize>) -> String {
-    let mut nodes: Vec<(&String, &usize)> = per_node.iter().collect();
-    nodes.sort();
+fn bars(per_node: &std::collections::BTreeMap<String, u64>) -> String {
+    let nodes: Vec<(&String, &u64)> = per_node.iter().collect();
     let max = nodes.iter().map(|(_, n)| **n).max().unwrap_or(1).max(1) as f64;
     let h = 22.0 * nodes.len() as f64 + 10.0;
     let mut svg = format!(

@@ -227,7 +227,7 @@ pub struct Report {
     pub latency_ms_max: f64,
     pub service_ms_p50: f64,
     pub service_ms_p99: f64,
-    pub per_node: HashMap<String, usize>,
+    pub per_node: BTreeMap<String, u64>,
     /// Client process CPU while sending, seconds: user space and kernel.
     pub cpu_user_secs: f64,
     pub cpu_sys_secs: f64,
@@ -241,6 +241,13 @@ pub struct Report {
     /// The latency histograms, V2-serialized and base64-encoded, for merging workers.
     pub latency_hist: String,
     pub service_hist: String,
+}
+
+/// Adds `other`'s counts into `into`, key by key.
+fn add_counts(into: &mut BTreeMap<String, u64>, other: &BTreeMap<String, u64>) {
+    for (k, v) in other {
+        *into.entry(k.clone()).or_default() += v;
+    }
 }
 
 fn encode(h: &Histogram<u64>) -> String {
@@ -293,17 +300,13 @@ impl Report {
         self.room_delivered += o.room_delivered;
         self.foreign += o.foreign;
         self.resent += o.resent;
-        for (k, v) in &o.closes {
-            *self.closes.entry(k.clone()).or_default() += v;
-        }
+        add_counts(&mut self.closes, &o.closes);
         self.pongs += o.pongs;
         self.errors += o.errors;
         self.reconnects += o.reconnects;
         self.disconnects += o.disconnects;
         self.connect_failures += o.connect_failures;
-        for (k, v) in &o.per_node {
-            *self.per_node.entry(k.clone()).or_default() += v;
-        }
+        add_counts(&mut self.per_node, &o.per_node);
         for (i, s) in o.series.iter().enumerate() {
             if i >= self.series.len() {
                 self.series.push(Sample {
@@ -397,7 +400,7 @@ impl Ledger {
 
     /// The report of this process; `cpu` is (user, kernel) CPU seconds spent while sending.
     pub fn report(&self, cpu: (f64, f64)) -> Report {
-        let mut per_node = HashMap::new();
+        let mut per_node = BTreeMap::new();
         for n in self.final_node.values() {
             *per_node.entry(n.clone()).or_insert(0) += 1;
         }

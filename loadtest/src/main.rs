@@ -263,8 +263,7 @@ fn print_summary(r: &Report, workers: usize, duration: u64) {
         "latency ms:  p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2} (from intended send); service p50 {:.2} p99 {:.2}",
         r.latency_ms_p50, r.latency_ms_p90, r.latency_ms_p99, r.latency_ms_p999, r.latency_ms_max, r.service_ms_p50, r.service_ms_p99
     );
-    let mut nodes: Vec<_> = r.per_node.iter().collect();
-    nodes.sort();
+    let nodes: Vec<_> = r.per_node.iter().collect();
     println!(
         "per node:    {nodes:?}; client CPU {:.1} µs per message ({:.1} user, {:.1} kernel)",
         r.client_cpu_us_per_msg, r.client_user_us_per_msg, r.client_sys_us_per_msg

@@ -8,6 +8,32 @@ use std::time::Duration;
 
 const T: Duration = Duration::from_secs(20);
 
+/// Sends `n` direct messages with ids `{prefix}{i}` from `from` to `to`, each acked before the
+/// next; returns (id, acked offset) in order.
+async fn send_acked(from: &mut Client, to: &str, prefix: &str, n: usize) -> Vec<(String, i64)> {
+    let mut sent = Vec::new();
+    for i in 0..n {
+        let id = format!("{prefix}{i}");
+        from.send(&id, to, json!(i)).await.unwrap();
+        let ack = from
+            .until(T, |f| f["type"] == "ack" && f["id"] == id.as_str())
+            .await
+            .unwrap();
+        sent.push((id, ack["offset"].as_i64().unwrap()));
+    }
+    sent
+}
+
+/// The ids of the next `n` messages `c` receives.
+async fn next_msg_ids(c: &mut Client, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let m = c.until(T, |f| f["type"] == "msg").await.unwrap();
+        ids.push(m["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_message_crosses_nodes_with_its_offset() {
     let stack = Stack::start(3, |_| {}).await;
@@ -189,17 +215,7 @@ async fn resume_past_the_history_says_not_recovered() {
     let bob = Client::connect(&ep, &bob_id, None, T).await.unwrap();
     let start = bob.offset.unwrap();
     drop(bob);
-    let mut last = 0;
-    for i in 0..6 {
-        let id = format!("m{i}");
-        alice.send(&id, &bob_id, json!(i)).await.unwrap();
-        last = alice
-            .until(T, |f| f["type"] == "ack" && f["id"] == id.as_str())
-            .await
-            .unwrap()["offset"]
-            .as_i64()
-            .unwrap();
-    }
+    let last = send_acked(&mut alice, &bob_id, "m", 6).await[5].1;
     // Let the owner consume everything, so the replay (not live delivery) is what is tested.
     let node = stack.nodes[0].node.clone();
     let slot = rtc_common::slot::slot_of(&bob_id, support::SLOTS);
@@ -211,17 +227,8 @@ async fn resume_past_the_history_says_not_recovered() {
     .unwrap();
     let mut bob = Client::connect(&ep, &bob_id, Some(start), T).await.unwrap();
     assert!(!bob.recovered, "six messages missed but only three kept");
-    let mut ids = Vec::new();
-    for _ in 0..3 {
-        ids.push(
-            bob.until(T, |f| f["type"] == "msg").await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
     assert_eq!(
-        ids,
+        next_msg_ids(&mut bob, 3).await,
         vec!["m3", "m4", "m5"],
         "what is kept is still replayed"
     );
@@ -275,32 +282,18 @@ async fn a_stopped_node_closes_with_1001_and_its_clients_resume_elsewhere() {
     let close = bob.until(T, |f| f["type"] == "close").await.unwrap();
     assert_eq!(close["code"], 1001, "{close}");
     // Messages sent while bob has no node are kept in Kafka for him.
-    let mut ids = Vec::new();
-    for i in 0..5 {
-        let id = format!("gap{i}");
-        alice.send(&id, &bob_id, json!(i)).await.unwrap();
-        alice
-            .until(T, |f| f["type"] == "ack" && f["id"] == id.as_str())
-            .await
-            .unwrap();
-        ids.push(id);
-    }
+    let ids: Vec<String> = send_acked(&mut alice, &bob_id, "gap", 5)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     bob.reconnect(T).await.unwrap();
     assert_eq!(
         bob.node, stack.nodes[0].id,
         "bob's slot moved to the remaining node"
     );
     assert!(bob.recovered);
-    let mut got = Vec::new();
-    for _ in 0..5 {
-        got.push(
-            bob.until(T, |f| f["type"] == "msg").await.unwrap()["id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        );
-    }
-    assert_eq!(got, ids);
+    assert_eq!(next_msg_ids(&mut bob, 5).await, ids);
     stack.shutdown().await;
 }
 
@@ -327,27 +320,21 @@ async fn a_slot_given_back_is_read_again_from_its_new_start() {
 
     stack.stop_node(1).await;
     stack.settle().await;
-    let mut ids = Vec::new();
-    for i in 0..4 {
-        let id = format!("back{i}");
-        alice.send(&id, &bob_id, json!(i)).await.unwrap();
-        alice
-            .until(T, |f| f["type"] == "ack" && f["id"] == id.as_str())
-            .await
-            .unwrap();
-        ids.push(id);
-    }
+    let mut ids: Vec<String> = send_acked(&mut alice, &bob_id, "back", 4)
+        .await
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     bob.reconnect(T).await.unwrap();
     assert_eq!(bob.node, stack.nodes[0].id, "the slot came back to node 0");
     assert!(bob.recovered);
     alice.send("live", &bob_id, json!("live")).await.unwrap();
     ids.push("live".into());
-    let mut got = Vec::new();
-    for _ in 0..ids.len() {
-        let m = bob.until(T, |f| f["type"] == "msg").await.unwrap();
-        got.push(m["id"].as_str().unwrap().to_string());
-    }
-    assert_eq!(got, ids, "exactly the missed messages, then live");
+    assert_eq!(
+        next_msg_ids(&mut bob, ids.len()).await,
+        ids,
+        "exactly the missed messages, then live"
+    );
     assert!(
         bob.until(Duration::from_millis(500), |f| f["type"] == "msg")
             .await
