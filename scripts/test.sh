@@ -11,7 +11,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 need=()
 command -v cmake >/dev/null || need+=(cmake)
-[ -e /usr/include/curl/curl.h ] || need+=(libcurl4-openssl-dev)
+dpkg-query -W -f='${Status}' libcurl4-openssl-dev 2>/dev/null | grep -q "ok installed" || need+=(libcurl4-openssl-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v chromium >/dev/null || need+=(chromium)
@@ -30,7 +30,9 @@ if [ ! -x "$TANSU_BIN" ]; then
 fi
 
 cargo fmt --all -- --check
+# The end-to-end tests start the real binaries (rtc-loadtest) from target/debug.
+cargo build --workspace --bins --quiet
 echo "== all tests, Kafka = embedded mock cluster"
 RTC_TEST_KAFKA=mock cargo test --workspace --no-fail-fast
 echo "== Kafka integration tests, Kafka = tansu $TANSU_VERSION"
-RTC_TEST_KAFKA=tansu cargo test -p rtc-socket --test data_path --test drain --no-fail-fast
+RTC_TEST_KAFKA=tansu cargo test -p rtc-e2e --test data_path --test drain --no-fail-fast

@@ -2,7 +2,7 @@
 //! figure: the time of one assignment step at 50 nodes × 256 slots for a fresh ring, a node
 //! leaving, a node joining and a weight change.
 
-use rtc_common::ring::plan;
+use rtc_protocol::ring::plan;
 use std::collections::BTreeMap;
 use std::time::Instant;
 

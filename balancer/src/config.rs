@@ -1,7 +1,7 @@
 //! rtc-balancer settings: one flag and one env var each, defaults that work on a laptop.
 
 use clap::Parser;
-use rtc_common::config::Shared;
+use rtc_serverkit::config::Shared;
 
 #[derive(Parser, Debug, Clone)]
 #[command(

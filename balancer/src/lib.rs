@@ -11,9 +11,12 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use config::Config;
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
-use rtc_common::ring::Ring;
-use rtc_common::store::Heartbeat;
+use prometheus::{
+    register_int_counter_vec_with_registry, register_int_gauge_with_registry, IntCounterVec,
+    IntGauge, Registry,
+};
+use rtc_protocol::ring::Ring;
+use rtc_serverkit::store::Heartbeat;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -33,38 +36,42 @@ pub struct Metrics {
 
 impl Metrics {
     fn new() -> Self {
-        let m = Metrics {
-            registry: Registry::new(),
-            ring_nodes: IntGauge::new(
+        let registry = Registry::new();
+        Metrics {
+            ring_nodes: register_int_gauge_with_registry!(
                 "rtc_lb_ring_nodes",
                 "Nodes owning slots in the current ring",
+                registry
             )
-            .unwrap(),
-            is_leader: IntGauge::new("rtc_lb_is_leader", "1 when this balancer writes the ring")
-                .unwrap(),
-            epoch: IntGauge::new("rtc_lb_ring_epoch", "Current ring epoch").unwrap(),
-            resolves: IntCounterVec::new(
-                Opts::new("rtc_lb_resolve_total", "Resolve requests by result"),
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            is_leader: register_int_gauge_with_registry!(
+                "rtc_lb_is_leader",
+                "1 when this balancer writes the ring",
+                registry
+            )
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            epoch: register_int_gauge_with_registry!(
+                "rtc_lb_ring_epoch",
+                "Current ring epoch",
+                registry
+            )
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            resolves: register_int_counter_vec_with_registry!(
+                "rtc_lb_resolve_total",
+                "Resolve requests by result",
                 &["result"],
+                registry
             )
-            .unwrap(),
-            moves: IntCounterVec::new(
-                Opts::new("rtc_lb_slot_moves_total", "Slots moved, by reason"),
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            moves: register_int_counter_vec_with_registry!(
+                "rtc_lb_slot_moves_total",
+                "Slots moved, by reason",
                 &["reason"],
+                registry
             )
-            .unwrap(),
-        };
-        rtc_common::telemetry::register(
-            &m.registry,
-            vec![
-                Box::new(m.ring_nodes.clone()) as Box<dyn prometheus::core::Collector>,
-                Box::new(m.is_leader.clone()),
-                Box::new(m.epoch.clone()),
-                Box::new(m.resolves.clone()),
-                Box::new(m.moves.clone()),
-            ],
-        );
-        m
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            registry,
+        }
     }
 }
 
@@ -149,7 +156,7 @@ async fn readyz(State(bal): State<Arc<Balancer>>) -> Response {
 }
 
 async fn metrics(State(bal): State<Arc<Balancer>>) -> Response {
-    let body = rtc_common::telemetry::render(&bal.metrics.registry);
+    let body = rtc_serverkit::telemetry::render(&bal.metrics.registry);
     (
         [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         body,
@@ -173,7 +180,7 @@ impl Server {
         tracing::info!(%addr, "balancer listening");
         let tracker = TaskTracker::new();
         let http_cancel = CancellationToken::new();
-        let http = tokio::spawn(rtc_common::http::serve(
+        let http = tokio::spawn(rtc_serverkit::http::serve(
             listener,
             router(bal.clone()),
             http_cancel.clone(),
@@ -214,21 +221,21 @@ async fn setup(
     rdkafka::producer::FutureProducer,
 )> {
     let cfg = &bal.cfg;
-    rtc_common::kafka::ensure_topics(
+    rtc_serverkit::kafka::ensure_topics(
         &cfg.shared.kafka_bootstrap,
         cfg.shared.slots,
         Duration::from_secs(10),
     )
     .await?;
-    let mut redis = rtc_common::store::connect(&cfg.shared.redis_url).await?;
-    if let Some(ring) = rtc_common::store::get_ring(&mut redis).await? {
+    let mut redis = rtc_serverkit::store::connect(&cfg.shared.redis_url).await?;
+    if let Some(ring) = rtc_serverkit::store::get_ring(&mut redis).await? {
         if ring.slots() == cfg.shared.slots && ring.epoch > bal.ring().epoch {
             tracing::info!(epoch = ring.epoch, "starting from the mirrored ring");
             bal.set_ring(ring);
         }
     }
     let producer =
-        rtc_common::kafka::producer_config(&cfg.shared.kafka_bootstrap, Duration::from_secs(5))
+        rtc_serverkit::kafka::producer_config(&cfg.shared.kafka_bootstrap, Duration::from_secs(5))
             .create()
             .context("creating the Kafka producer")?;
     Ok((redis, producer))

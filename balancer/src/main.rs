@@ -5,8 +5,8 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = rtc_balancer::config::Config::parse();
-    rtc_common::telemetry::init("balancer");
+    rtc_serverkit::telemetry::init("balancer");
     let server = rtc_balancer::build(cfg).await?;
-    let cancel = rtc_common::telemetry::shutdown_on_signal();
+    let cancel = rtc_serverkit::telemetry::shutdown_on_signal();
     server.run(cancel).await
 }

@@ -4,8 +4,9 @@
 use crate::Balancer;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use rtc_common::protocol::{connect_path, validate_id, ErrorCode, Resolved};
-use rtc_common::{http::refusal, slot::slot_of, ticket};
+use rtc_protocol::{connect_path, validate_id, ErrorCode, Refusal, Resolved};
+use rtc_protocol::{slot::slot_of, ticket};
+use rtc_serverkit::http::refusal;
 use std::sync::Arc;
 
 pub async fn resolve(State(bal): State<Arc<Balancer>>, RawQuery(q): RawQuery) -> Response {
@@ -25,14 +26,12 @@ pub async fn resolve(State(bal): State<Arc<Balancer>>, RawQuery(q): RawQuery) ->
     let slot = slot_of(&client_id, ring.slots());
     let Some(node) = ring.owner(slot).filter(|n| bal.is_live(n)) else {
         bal.metrics.resolves.with_label_values(&["no_nodes"]).inc();
-        return refusal(
-            http::StatusCode::SERVICE_UNAVAILABLE,
+        return refusal(Refusal::new(
             ErrorCode::NoNodes,
             "no live socket node owns this client's slot yet",
-            Some(1),
-        );
+        ));
     };
-    let expires = rtc_common::telemetry::now_ms() / 1000 + bal.cfg.token_ttl_secs;
+    let expires = rtc_serverkit::telemetry::now_ms() / 1000 + bal.cfg.token_ttl_secs;
     let token = ticket::issue(&bal.secret, &client_id, node, ring.epoch, expires);
     bal.metrics.resolves.with_label_values(&["ok"]).inc();
     axum::Json(Resolved {
@@ -44,15 +43,10 @@ pub async fn resolve(State(bal): State<Arc<Balancer>>, RawQuery(q): RawQuery) ->
     .into_response()
 }
 
-fn bad(bal: &Balancer, msg: &str) -> Response {
+fn bad(bal: &Balancer, msg: &'static str) -> Response {
     bal.metrics
         .resolves
         .with_label_values(&["bad_request"])
         .inc();
-    refusal(
-        http::StatusCode::BAD_REQUEST,
-        ErrorCode::BadRequest,
-        msg,
-        None,
-    )
+    refusal(Refusal::new(ErrorCode::BadRequest, msg))
 }

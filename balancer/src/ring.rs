@@ -6,9 +6,9 @@ use crate::Balancer;
 use anyhow::Context;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use redis::aio::ConnectionManager;
-use rtc_common::kafka::{CONTROL_TOPIC, RING_KEY};
-use rtc_common::ring::{plan, Ring};
-use rtc_common::store::{self, Heartbeat};
+use rtc_protocol::ring::{plan, Ring};
+use rtc_serverkit::kafka::{CONTROL_TOPIC, RING_KEY};
+use rtc_serverkit::store::{self, Heartbeat};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,7 +27,7 @@ pub fn next_ring(
     cap: Capacity,
     hysteresis: f64,
     max_moves: usize,
-) -> Option<(Ring, rtc_common::ring::Plan)> {
+) -> Option<(Ring, rtc_protocol::ring::Plan)> {
     let targets: BTreeMap<String, u64> = live(heartbeats)
         .map(|h| (h.node_id.clone(), weights::target(weights::load(h, cap))))
         .collect();
@@ -106,10 +106,10 @@ pub async fn run(
             tracing::warn!(error = %e, epoch = ring.epoch, "ring not published; will retry");
             if let Some(why) = e
                 .downcast_ref()
-                .and_then(|k| rtc_common::kafka::needs_new_producer(&producer, k))
+                .and_then(|k| rtc_serverkit::kafka::needs_new_producer(&producer, k))
             {
                 // An idempotent producer that hit a fatal error never recovers: start afresh.
-                match rtc_common::kafka::producer_config(
+                match rtc_serverkit::kafka::producer_config(
                     &cfg.shared.kafka_bootstrap,
                     Duration::from_secs(5),
                 )

@@ -1,7 +1,7 @@
 //! Node weights from load relative to capacity, smoothed and with hysteresis so the ring does
 //! not oscillate. Pure logic.
 
-use rtc_common::store::Heartbeat;
+use rtc_serverkit::store::Heartbeat;
 use std::collections::BTreeMap;
 
 /// Weight of a node with no load, in the ring's milli-units.

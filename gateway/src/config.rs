@@ -27,7 +27,7 @@ pub struct Config {
     #[arg(long, env = "DISCOVERY", default_value = "local")]
     pub discovery: String,
     /// Redis URL, for local discovery.
-    #[arg(long, env = "REDIS_URL", default_value = rtc_common::config::DEFAULT_REDIS_URL)]
+    #[arg(long, env = "REDIS_URL", default_value = rtc_serverkit::config::DEFAULT_REDIS_URL)]
     pub redis_url: String,
     /// How often discovery refreshes the route table, milliseconds.
     #[arg(long, env = "DISCOVERY_INTERVAL_MS", default_value_t = 1000)]

@@ -34,10 +34,10 @@ impl Discovery for Local {
     async fn routes(&self) -> anyhow::Result<HashMap<String, Route>> {
         let mut guard = self.conn.lock().await;
         if guard.is_none() {
-            *guard = Some(rtc_common::store::connect(&self.url).await?);
+            *guard = Some(rtc_serverkit::store::connect(&self.url).await?);
         }
         let conn = guard.as_mut().expect("connected above");
-        let hbs = rtc_common::store::heartbeats(conn).await?;
+        let hbs = rtc_serverkit::store::heartbeats(conn).await?;
         Ok(hbs
             .into_iter()
             .filter_map(|h| {

@@ -15,7 +15,10 @@ use pingora::lb::{health_check::TcpHealthCheck, selection::RoundRobin, LoadBalan
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{background_service, BackgroundService};
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    register_int_counter_vec_with_registry, register_int_gauge_with_registry, IntCounterVec,
+    IntGauge, Registry,
+};
 use route::Routes;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -32,46 +35,41 @@ pub struct Metrics {
 
 impl Metrics {
     fn new() -> Self {
-        let m = Metrics {
-            registry: Registry::new(),
-            active: IntGauge::new(
+        let registry = Registry::new();
+        Metrics {
+            active: register_int_gauge_with_registry!(
                 "rtc_gateway_active_websockets",
                 "Proxied WebSockets open now",
+                registry
             )
-            .unwrap(),
-            upgrades: IntCounterVec::new(
-                Opts::new("rtc_gateway_upgrades_total", "WebSocket upgrades by result"),
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            upgrades: register_int_counter_vec_with_registry!(
+                "rtc_gateway_upgrades_total",
+                "WebSocket upgrades by result",
                 &["result"],
+                registry
             )
-            .unwrap(),
-            refused: IntCounterVec::new(
-                Opts::new(
-                    "rtc_gateway_refused_total",
-                    "Requests refused by the gateway, by code",
-                ),
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            refused: register_int_counter_vec_with_registry!(
+                "rtc_gateway_refused_total",
+                "Requests refused by the gateway, by code",
                 &["code"],
+                registry
             )
-            .unwrap(),
-            requests: IntCounterVec::new(
-                Opts::new("rtc_gateway_requests_total", "Requests by route"),
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            requests: register_int_counter_vec_with_registry!(
+                "rtc_gateway_requests_total",
+                "Requests by route",
                 &["route"],
+                registry
             )
-            .unwrap(),
-        };
-        rtc_common::telemetry::register(
-            &m.registry,
-            vec![
-                Box::new(m.active.clone()) as Box<dyn prometheus::core::Collector>,
-                Box::new(m.upgrades.clone()),
-                Box::new(m.refused.clone()),
-                Box::new(m.requests.clone()),
-            ],
-        );
-        m
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            registry,
+        }
     }
 
     pub fn render(&self) -> String {
-        rtc_common::telemetry::render(&self.registry)
+        rtc_serverkit::telemetry::render(&self.registry)
     }
 }
 
@@ -86,6 +84,8 @@ pub struct Gateway {
     pub ready: AtomicBool,
     /// Set to true to close every tunnel with 1001.
     pub going_away: tokio_util::sync::CancellationToken,
+    /// Every tunnel task, so shutdown can wait for their close frames.
+    pub tunnels: tokio_util::task::TaskTracker,
     pub metrics: Metrics,
 }
 
@@ -150,11 +150,9 @@ impl ShutdownSignalWatch for Shutdown {
         );
         tokio::time::sleep(Duration::from_secs(gw.cfg.shutdown_delay_secs)).await;
         gw.going_away.cancel();
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_secs(gw.cfg.shutdown_grace_secs);
-        while gw.active.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        gw.tunnels.close();
+        let grace = Duration::from_secs(gw.cfg.shutdown_grace_secs);
+        let _ = tokio::time::timeout(grace, gw.tunnels.wait()).await;
         tracing::info!(
             left = gw.active.load(Ordering::Relaxed),
             "gateway WebSockets closed"
@@ -195,6 +193,7 @@ pub fn build(cfg: Config, trigger: Trigger) -> anyhow::Result<Built> {
         active: AtomicUsize::new(0),
         ready: AtomicBool::new(true),
         going_away: tokio_util::sync::CancellationToken::new(),
+        tunnels: tokio_util::task::TaskTracker::new(),
         metrics: Metrics::new(),
         cfg,
     });

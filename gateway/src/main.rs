@@ -4,7 +4,7 @@ use clap::Parser;
 
 fn main() -> anyhow::Result<()> {
     let cfg = rtc_gateway::config::Config::parse();
-    rtc_common::telemetry::init("gateway");
+    rtc_serverkit::telemetry::init("gateway");
     rtc_gateway::build(cfg, rtc_gateway::Trigger::Signals)?.run();
     Ok(())
 }

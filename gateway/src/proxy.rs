@@ -10,7 +10,7 @@ use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
-use rtc_common::protocol::{ErrorCode, HttpError};
+use rtc_protocol::{ErrorCode, Refusal};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,24 +41,21 @@ async fn respond(
     session.write_response_body(Some(body), true).await
 }
 
-async fn refuse(
-    gw: &Gateway,
-    session: &mut Session,
-    status: u16,
-    code: ErrorCode,
-    msg: &str,
-    retry_after: Option<u32>,
-) -> Result<()> {
-    gw.metrics.refused.with_label_values(&[code.as_str()]).inc();
-    let extra: Vec<(&str, String)> = retry_after
+async fn refuse(gw: &Gateway, session: &mut Session, r: Refusal) -> Result<()> {
+    gw.metrics
+        .refused
+        .with_label_values(&[r.code.as_str()])
+        .inc();
+    let extra: Vec<(&str, String)> = r
+        .retry_after()
         .map(|s| ("retry-after", s.to_string()))
         .into_iter()
         .collect();
     respond(
         session,
-        status,
+        r.status(),
         "application/json",
-        Bytes::from(HttpError::new(code, msg).to_json()),
+        Bytes::from(r.body()),
         &extra,
     )
     .await
@@ -83,10 +80,7 @@ impl Proxy {
                 return refuse(
                     gw,
                     session,
-                    503,
-                    ErrorCode::NotReady,
-                    "that node is not ready; resolve again",
-                    Some(1),
+                    Refusal::new(ErrorCode::NotReady, "that node is not ready; resolve again"),
                 )
                 .await
             }
@@ -94,10 +88,7 @@ impl Proxy {
                 return refuse(
                     gw,
                     session,
-                    404,
-                    ErrorCode::NotFound,
-                    "no such node; resolve again",
-                    None,
+                    Refusal::new(ErrorCode::NotFound, "no such node; resolve again"),
                 )
                 .await
             }
@@ -106,10 +97,7 @@ impl Proxy {
             return refuse(
                 gw,
                 session,
-                503,
-                ErrorCode::NotReady,
-                "the gateway is shutting down",
-                Some(1),
+                Refusal::new(ErrorCode::NotReady, "the gateway is shutting down"),
             )
             .await;
         }
@@ -118,10 +106,7 @@ impl Proxy {
             return refuse(
                 gw,
                 session,
-                400,
-                ErrorCode::BadRequest,
-                "not a WebSocket upgrade request",
-                None,
+                Refusal::new(ErrorCode::BadRequest, "not a WebSocket upgrade request"),
             )
             .await;
         }
@@ -131,10 +116,7 @@ impl Proxy {
             return refuse(
                 gw,
                 session,
-                400,
-                ErrorCode::BadRequest,
-                "an upgrade request has no body",
-                None,
+                Refusal::new(ErrorCode::BadRequest, "an upgrade request has no body"),
             )
             .await;
         }
@@ -144,10 +126,10 @@ impl Proxy {
             return refuse(
                 gw,
                 session,
-                503,
-                ErrorCode::TooManyConnections,
-                "the gateway is at its connection limit",
-                Some(5),
+                Refusal::new(
+                    ErrorCode::TooManyConnections,
+                    "the gateway is at its connection limit",
+                ),
             )
             .await;
         }
@@ -173,10 +155,10 @@ impl Proxy {
                 return refuse(
                     gw,
                     session,
-                    502,
-                    ErrorCode::UpstreamUnavailable,
-                    "the node did not answer; resolve again",
-                    Some(1),
+                    Refusal::new(
+                        ErrorCode::UpstreamUnavailable,
+                        "the node did not answer; resolve again",
+                    ),
                 )
                 .await;
             }
@@ -229,7 +211,7 @@ impl Proxy {
         // The splice runs as its own task, so Pingora's request state (its session, buffers and
         // this future) is freed now instead of living as long as the WebSocket.
         let gw = gw.clone();
-        tokio::spawn(async move {
+        gw.clone().tunnels.spawn(async move {
             splice(&gw, client, up, answer.rest, early).await;
             drop(active);
         });
@@ -408,10 +390,7 @@ impl ProxyHttp for Proxy {
         refuse(
             &self.gw,
             session,
-            404,
-            ErrorCode::NotFound,
-            "no such path",
-            None,
+            Refusal::new(ErrorCode::NotFound, "no such path"),
         )
         .await?;
         Ok(true)

@@ -4,8 +4,8 @@
 
 use anyhow::Context;
 use clap::Parser;
-use rtc_devkit::client::http_get;
-use rtc_devkit::proc::Owned;
+use rtc_client::http::get as http_get;
+use rtc_testkit::proc::Owned;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -36,7 +36,7 @@ struct Args {
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
     /// Slots (partitions of rtc.deliver).
-    #[arg(long, env = "SLOTS", default_value_t = rtc_common::slot::DEFAULT_SLOTS)]
+    #[arg(long, env = "SLOTS", default_value_t = rtc_protocol::slot::DEFAULT_SLOTS)]
     slots: u32,
 }
 
@@ -84,13 +84,13 @@ fn spawn(name: &str, color: &str, bin: &str, envs: &[(&str, String)]) -> anyhow:
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    rtc_common::telemetry::init("local");
-    let cancel = rtc_common::telemetry::shutdown_on_signal();
+    rtc_serverkit::telemetry::init("local");
+    let cancel = rtc_serverkit::telemetry::shutdown_on_signal();
     let _redis;
     let redis_url = match &args.redis_url {
         Some(u) => u.clone(),
         None => {
-            let r = rtc_devkit::redis::RedisServer::start()
+            let r = rtc_testkit::redis::RedisServer::start()
                 .await
                 .context("starting redis-server")?;
             let url = r.url.clone();
@@ -102,7 +102,7 @@ async fn main() -> anyhow::Result<()> {
     let kafka = match &args.kafka_bootstrap {
         Some(b) => b.clone(),
         None => {
-            let k = rtc_devkit::kafka::Kafka::mock(args.slots)
+            let k = rtc_testkit::kafka::Kafka::mock(args.slots)
                 .context("starting the embedded Kafka mock cluster")?;
             let b = k.bootstrap.clone();
             _kafka = k;
@@ -156,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
 
     let nodes = args.nodes;
     let probe = async {
-        rtc_devkit::wait_for("the stack", Duration::from_secs(120), || {
+        rtc_testkit::wait_for("the stack", Duration::from_secs(120), || {
             let (admin, balancer) = (admin.clone(), balancer.clone());
             async move {
                 let ring = http_get(&balancer, "/readyz")

@@ -1,7 +1,7 @@
 //! rtc-socket settings: one flag and one env var each, defaults that work on a laptop.
 
 use clap::Parser;
-use rtc_common::config::Shared;
+use rtc_serverkit::config::Shared;
 use std::time::Duration;
 
 #[derive(Parser, Debug, Clone)]
@@ -69,6 +69,10 @@ pub struct Config {
     /// tungstenite read buffer per connection, bytes (its default of 128 KiB is resident).
     #[arg(long, env = "WS_READ_BUFFER_BYTES", default_value_t = 2048)]
     pub ws_read_buffer_bytes: usize,
+    /// How long shutdown waits, in all, for connections to close and Kafka to confirm what is
+    /// queued, seconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 5)]
+    pub shutdown_grace_secs: u64,
     /// Interval of server pings to detect dead clients, seconds.
     #[arg(long, env = "PING_INTERVAL_SECS", default_value_t = 30)]
     pub ping_interval_secs: u64,

@@ -63,7 +63,7 @@ impl Conn {
         }
         if bounded && q.bytes + frame.len() > self.limit {
             q.close = Some(CloseReason {
-                code: rtc_common::protocol::close::SLOW_CONSUMER,
+                code: rtc_protocol::close::SLOW_CONSUMER,
                 reason: "slow consumer",
             });
             q.frames.clear();

@@ -4,11 +4,15 @@
 pub mod config;
 pub mod conn;
 pub mod drain;
+pub mod heartbeat;
 pub mod history;
 pub mod metrics;
 pub mod node;
+pub mod producer;
 pub mod relay;
+pub mod rooms;
 pub mod session;
+pub mod slot;
 pub mod ws;
 
 use anyhow::Context;
@@ -45,9 +49,7 @@ pub async fn build(cfg: Config) -> anyhow::Result<Socket> {
         .with_context(|| format!("binding LISTEN_ADDR {}", cfg.listen_addr))?;
     let addr = listener.local_addr()?;
     let producer =
-        rtc_common::kafka::producer_config(&cfg.shared.kafka_bootstrap, cfg.kafka_send_timeout())
-            .create()
-            .context("creating the Kafka producer")?;
+        producer::Producer::build(&cfg.shared.kafka_bootstrap, cfg.kafka_send_timeout())?;
     let (tx, sessions_rx) = session::session_channel();
     let node = Arc::new(Node::new(cfg, id, producer, tx, CancellationToken::new()));
     Ok(Socket {
@@ -96,11 +98,12 @@ impl Socket {
     /// Serves until `cancel`.
     ///
     /// Shutdown order, and why: stop accepting first (no new work); then cancel the node so every
-    /// connection gets a 1001 close frame and clients reconnect elsewhere; wait (bounded) for the
+    /// connection gets a 1001 close frame and clients reconnect elsewhere; wait for the
     /// connection tasks so their close frames are written; flush the producer so every acked
     /// message is in Kafka (acks were only sent after Kafka confirmed, so this covers in-flight
     /// sends whose acks the client will not see — they are still delivered); delete the
-    /// heartbeat last so the balancer moves our slots as soon as we are gone.
+    /// heartbeat last so the balancer moves our slots as soon as we are gone. All of it within
+    /// one SHUTDOWN_GRACE_SECS.
     pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         let Socket {
             node,
@@ -119,7 +122,7 @@ impl Socket {
         let bootstrap = node.cfg.shared.kafka_bootstrap.clone();
         let bg = node.cancel.clone();
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(rtc_common::http::serve(
+        tasks.spawn(rtc_serverkit::http::serve(
             listener,
             router(node.clone()),
             http_cancel.clone(),
@@ -147,7 +150,7 @@ impl Socket {
         let hb = {
             let (node, bg) = (node.clone(), bg.clone());
             tokio::spawn(async move {
-                let Some(redis) = session::connect_redis(&node.cfg.shared.redis_url, &bg).await
+                let Some(redis) = heartbeat::connect_redis(&node.cfg.shared.redis_url, &bg).await
                 else {
                     return;
                 };
@@ -156,7 +159,7 @@ impl Socket {
                     redis.clone(),
                     sessions_rx,
                 ));
-                session::run_heartbeat(node, redis, advertise, bg).await;
+                heartbeat::run_heartbeat(node, redis, advertise, bg).await;
             })
         };
 
@@ -167,21 +170,15 @@ impl Socket {
         );
         http_cancel.cancel();
         node.cancel.cancel();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while node.connections.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let producer = node.producer();
-        let _ = tokio::task::spawn_blocking(move || {
-            use rdkafka::producer::Producer;
-            producer.flush(Duration::from_secs(5))
-        })
-        .await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), hb).await;
+        let grace = tokio::time::Instant::now() + Duration::from_secs(node.cfg.shutdown_grace_secs);
+        node.connections_tracker.close();
+        let _ = tokio::time::timeout_at(grace, node.connections_tracker.wait()).await;
+        node.flush_producer(grace.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
+        let _ = tokio::time::timeout_at(grace, hb).await;
         tasks.shutdown().await;
         tracker.close();
-        let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+        let _ = tokio::time::timeout_at(grace, tracker.wait()).await;
         Ok(())
     }
 }

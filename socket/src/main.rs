@@ -5,8 +5,8 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = rtc_socket::config::Config::parse();
-    rtc_common::telemetry::init("socket");
+    rtc_serverkit::telemetry::init("socket");
     let socket = rtc_socket::build(cfg).await?;
-    let cancel = rtc_common::telemetry::shutdown_on_signal();
+    let cancel = rtc_serverkit::telemetry::shutdown_on_signal();
     socket.run(cancel).await
 }

@@ -1,7 +1,11 @@
 //! Prometheus metrics of one socket node (names kept from the documented design), in a
 //! registry per node so several nodes can live in one test process.
 
-use prometheus::{Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    register_gauge_vec_with_registry, register_gauge_with_registry,
+    register_int_counter_vec_with_registry, register_int_gauge_with_registry, Gauge, GaugeVec,
+    IntCounter, IntCounterVec, IntGauge, Registry,
+};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -33,85 +37,82 @@ impl Metrics {
             Some([("node".to_string(), node_id.to_string())].into()),
         )
         .expect("static labels are valid");
-        let messages = IntCounterVec::new(
-            Opts::new("rtc_socket_messages_total", "Messages handled, by kind"),
+        let messages = register_int_counter_vec_with_registry!(
+            "rtc_socket_messages_total",
+            "Messages handled, by kind",
             &["kind"],
+            registry
         )
-        .unwrap();
-        let m = Metrics {
-            active_connections: IntGauge::new(
+        .expect(rtc_serverkit::telemetry::UNIQUE_METRIC);
+        Metrics {
+            active_connections: register_int_gauge_with_registry!(
                 "rtc_socket_active_connections",
                 "Open client WebSockets",
+                registry
             )
-            .unwrap(),
-            latency: GaugeVec::new(
-                Opts::new(
-                    "rtc_socket_latency",
-                    "Produce-to-deliver latency in seconds, by quantile over the last window",
-                ),
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            latency: register_gauge_vec_with_registry!(
+                "rtc_socket_latency",
+                "Produce-to-deliver latency in seconds, by quantile over the last window",
                 &["quantile"],
+                registry
             )
-            .unwrap(),
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
             sent: messages.with_label_values(&["sent"]),
             delivered: messages.with_label_values(&["delivered"]),
             room_delivered: messages.with_label_values(&["room_delivered"]),
             duplicate_dropped: messages.with_label_values(&["duplicate_dropped"]),
             messages,
-            refused: IntCounterVec::new(
-                Opts::new(
-                    "rtc_socket_refused_total",
-                    "Refused connections and frames, by code",
-                ),
+            refused: register_int_counter_vec_with_registry!(
+                "rtc_socket_refused_total",
+                "Refused connections and frames, by code",
                 &["code"],
+                registry
             )
-            .unwrap(),
-            closed: IntCounterVec::new(
-                Opts::new(
-                    "rtc_socket_closed_total",
-                    "Connections closed by the server, by close code",
-                ),
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            closed: register_int_counter_vec_with_registry!(
+                "rtc_socket_closed_total",
+                "Connections closed by the server, by close code",
                 &["code"],
+                registry
             )
-            .unwrap(),
-            drain_remaining: IntGauge::new(
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            drain_remaining: register_int_gauge_with_registry!(
                 "rtc_socket_drain_remaining_connections",
                 "Connections left to move in a drain",
+                registry
             )
-            .unwrap(),
-            drain_time: Gauge::new(
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            drain_time: register_gauge_with_registry!(
                 "rtc_socket_drain_time_seconds",
                 "Seconds since the drain started",
+                registry
             )
-            .unwrap(),
-            owned_slots: IntGauge::new("rtc_socket_owned_slots", "Slots this node owns").unwrap(),
-            ring_epoch: IntGauge::new("rtc_socket_ring_epoch", "Newest ring epoch applied")
-                .unwrap(),
-            moves: IntCounterVec::new(
-                Opts::new("rtc_socket_moves_total", "Move frames sent, by reason"),
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            owned_slots: register_int_gauge_with_registry!(
+                "rtc_socket_owned_slots",
+                "Slots this node owns",
+                registry
+            )
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            ring_epoch: register_int_gauge_with_registry!(
+                "rtc_socket_ring_epoch",
+                "Newest ring epoch applied",
+                registry
+            )
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            moves: register_int_counter_vec_with_registry!(
+                "rtc_socket_moves_total",
+                "Move frames sent, by reason",
                 &["reason"],
+                registry
             )
-            .unwrap(),
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
             registry,
-        };
-        rtc_common::telemetry::register(
-            &m.registry,
-            vec![
-                Box::new(m.active_connections.clone()) as Box<dyn prometheus::core::Collector>,
-                Box::new(m.latency.clone()),
-                Box::new(m.messages.clone()),
-                Box::new(m.refused.clone()),
-                Box::new(m.closed.clone()),
-                Box::new(m.drain_remaining.clone()),
-                Box::new(m.drain_time.clone()),
-                Box::new(m.owned_slots.clone()),
-                Box::new(m.ring_epoch.clone()),
-                Box::new(m.moves.clone()),
-            ],
-        );
-        m
+        }
     }
 
     pub fn render(&self) -> String {
-        rtc_common::telemetry::render(&self.registry)
+        rtc_serverkit::telemetry::render(&self.registry)
     }
 }

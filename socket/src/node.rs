@@ -1,5 +1,6 @@
-//! The state of one socket node: the ring it follows, its slots (phase, history, members), its
-//! rooms and counters. Everything a client or a Kafka record touches goes through here.
+//! The state of one socket node: the ring it follows, its slot table, its rooms, its producer
+//! and counters. Everything a client or a Kafka record touches goes through here; the phase
+//! machine of each slot is pure and lives in `slot.rs`.
 //!
 //! Ordering invariant (resume without gap or duplicate): a slot's history append and the
 //! delivery to its members happen under the slot's lock, and so does a client's registration
@@ -9,86 +10,24 @@
 
 use crate::config::Config;
 use crate::conn::{CloseReason, Conn};
-use crate::history::{Entry, History, Pushed};
+use crate::history::Entry;
 use crate::metrics::Metrics;
+use crate::producer::Producer;
+use crate::rooms::Rooms;
+use crate::slot::{Closed, Consumed, MoveAction, Slot};
 use rdkafka::producer::FutureProducer;
-use rtc_common::protocol::{close, ErrorCode, ServerFrame};
-use rtc_common::ring::Ring;
-use std::collections::{BTreeSet, HashMap};
+use rtc_protocol::ring::Ring;
+use rtc_protocol::{close, ErrorCode, Refusal, ServerFrame};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-/// Where a slot is in its life on this node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    /// Not ours.
-    Idle,
-    /// Ours; rebuilding history from the partition before taking clients.
-    Loading,
-    /// Ours and serving.
-    Ready,
-    /// Given away; still delivering to members until they have moved.
-    Releasing,
-}
-
-pub struct Member {
-    pub conn: Arc<Conn>,
-    /// Newest offset delivered (or the resume point).
-    pub last: i64,
-    pub move_sent: Option<Instant>,
-}
-
-pub struct Slot {
-    pub phase: Phase,
-    /// While loading: the high watermark at takeover; the slot is ready once consumed to it.
-    pub load_target: Option<i64>,
-    pub history: History,
-    pub members: HashMap<Box<str>, Member>,
-    pub released_at: Option<Instant>,
-}
-
-impl Slot {
-    /// The record at `offset` has been consumed: a loading slot is ready once it reaches the
-    /// high watermark read at takeover.
-    fn loaded_through(&mut self, offset: i64) {
-        if self.load_target.is_some_and(|t| offset + 1 >= t) {
-            self.phase = Phase::Ready;
-            self.load_target = None;
-        }
-    }
-}
-
-/// Why a connection is refused before the upgrade.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
-    pub status: u16,
-    pub code: ErrorCode,
-    pub message: &'static str,
-    pub retry_after: Option<u32>,
-}
-
-impl Refusal {
-    pub const fn new(
-        status: u16,
-        code: ErrorCode,
-        message: &'static str,
-        retry_after: Option<u32>,
-    ) -> Self {
-        Refusal {
-            status,
-            code,
-            message,
-            retry_after,
-        }
-    }
-}
-
-/// Local members of each room, by connection id.
-type Rooms = HashMap<Box<str>, HashMap<u64, Arc<Conn>>>;
+pub use crate::slot::Phase;
 
 pub struct Node {
     pub cfg: Config,
@@ -96,8 +35,8 @@ pub struct Node {
     pub slots: u32,
     pub secret: Vec<u8>,
     ring: RwLock<Arc<Ring>>,
-    table: Vec<Mutex<Slot>>,
-    rooms: Mutex<Rooms>,
+    table: Vec<Mutex<Slot<Arc<Conn>>>>,
+    pub rooms: Rooms,
     pub connections: AtomicUsize,
     pub draining: AtomicBool,
     pub drain_started: Mutex<Option<Instant>>,
@@ -112,8 +51,9 @@ pub struct Node {
     pub delivered_window: AtomicU64,
     /// Cancelled when the node shuts down: every connection closes with 1001.
     pub cancel: CancellationToken,
-    producer: arc_swap::ArcSwap<FutureProducer>,
-    renewing: Mutex<()>,
+    /// Every connection task, so shutdown can wait for their close frames.
+    pub connections_tracker: TaskTracker,
+    producer: Producer,
     pub sessions: tokio::sync::mpsc::Sender<crate::session::SessionEvent>,
 }
 
@@ -121,22 +61,12 @@ impl Node {
     pub fn new(
         cfg: Config,
         id: String,
-        producer: FutureProducer,
+        producer: Producer,
         sessions: tokio::sync::mpsc::Sender<crate::session::SessionEvent>,
         cancel: CancellationToken,
     ) -> Self {
         let slots = cfg.shared.slots;
-        let table = (0..slots)
-            .map(|_| {
-                Mutex::new(Slot {
-                    phase: Phase::Idle,
-                    load_target: None,
-                    history: History::new(),
-                    members: HashMap::new(),
-                    released_at: None,
-                })
-            })
-            .collect();
+        let table = (0..slots).map(|_| Mutex::new(Slot::default())).collect();
         Node {
             secret: cfg.shared.ring_secret.as_bytes().to_vec(),
             metrics: Metrics::new(&id),
@@ -144,7 +74,7 @@ impl Node {
             slots,
             ring: RwLock::new(Arc::new(Ring::empty(slots))),
             table,
-            rooms: Mutex::new(HashMap::new()),
+            rooms: Rooms::default(),
             connections: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
             drain_started: Mutex::new(None),
@@ -158,8 +88,8 @@ impl Node {
             ),
             delivered_window: AtomicU64::new(0),
             cancel,
-            producer: arc_swap::ArcSwap::from_pointee(producer),
-            renewing: Mutex::new(()),
+            connections_tracker: TaskTracker::new(),
+            producer,
             sessions,
             cfg,
         }
@@ -167,38 +97,24 @@ impl Node {
 
     /// The current Kafka producer.
     pub fn producer(&self) -> Arc<FutureProducer> {
-        self.producer.load_full()
+        self.producer.get()
     }
 
-    /// After a failed send: if `used` can no longer produce (see `kafka::needs_new_producer`),
-    /// replace it with a new producer, once.
+    /// After a failed send: replaces the producer if `used` can no longer produce.
     pub fn renew_producer_if_broken(
         &self,
         used: &Arc<FutureProducer>,
         err: &rdkafka::error::KafkaError,
     ) {
-        let Some(why) = rtc_common::kafka::needs_new_producer(used.as_ref(), err) else {
-            return;
-        };
-        let _one = self.renewing.lock().expect("renew lock is never poisoned");
-        if !Arc::ptr_eq(&self.producer.load(), used) {
-            return;
-        }
-        match rtc_common::kafka::producer_config(
-            &self.cfg.shared.kafka_bootstrap,
-            self.cfg.kafka_send_timeout(),
-        )
-        .create::<FutureProducer>()
-        {
-            Ok(p) => {
-                self.producer.store(Arc::new(p));
-                tracing::warn!(reason = %why, "Kafka producer hit a fatal error; replaced it");
-            }
-            Err(e) => tracing::error!(error = %e, "could not replace the failed Kafka producer"),
-        }
+        self.producer.renew_if_broken(used, err);
     }
 
-    fn slot(&self, s: u32) -> std::sync::MutexGuard<'_, Slot> {
+    /// Waits (bounded) until every queued record is delivered or failed.
+    pub async fn flush_producer(&self, timeout: std::time::Duration) {
+        self.producer.flush(timeout).await;
+    }
+
+    fn slot(&self, s: u32) -> std::sync::MutexGuard<'_, Slot<Arc<Conn>>> {
         self.table[s as usize]
             .lock()
             .expect("slot lock is never poisoned")
@@ -242,44 +158,13 @@ impl Node {
             *cur = Arc::new(ring.clone());
         }
         let (mut gained, mut lost) = (0, 0);
+        let now = Instant::now();
         for s in 0..self.slots {
             let ours = ring.owner(s) == Some(self.id.as_str());
-            let mut slot = self.slot(s);
-            match (ours, slot.phase) {
-                (true, Phase::Idle) => {
-                    slot.history.reset();
-                    slot.load_target = None;
-                    slot.phase = Phase::Loading;
-                    gained += 1;
-                }
-                (true, Phase::Releasing) => {
-                    // Taken back before it finished leaving: history is still continuous.
-                    slot.phase = Phase::Ready;
-                    slot.released_at = None;
-                    for m in slot.members.values_mut() {
-                        m.move_sent = None;
-                    }
-                    gained += 1;
-                }
-                (false, Phase::Loading) => {
-                    slot.phase = Phase::Idle;
-                    slot.load_target = None;
-                    slot.history.reset();
-                    lost += 1;
-                }
-                (false, Phase::Ready) => {
-                    slot.phase = if slot.members.is_empty() {
-                        Phase::Idle
-                    } else {
-                        Phase::Releasing
-                    };
-                    if slot.phase == Phase::Idle {
-                        slot.history.reset();
-                    }
-                    slot.released_at = Some(Instant::now());
-                    lost += 1;
-                }
-                _ => {}
+            match self.slot(s).apply_owner(ours, now) {
+                crate::slot::Change::Gained => gained += 1,
+                crate::slot::Change::Lost => lost += 1,
+                crate::slot::Change::Unchanged => {}
             }
         }
         self.has_ring.store(true, Ordering::Relaxed);
@@ -295,42 +180,20 @@ impl Node {
     /// Loading slots whose start position is not known yet.
     pub fn unstarted(&self) -> Vec<u32> {
         (0..self.slots)
-            .filter(|&s| {
-                let slot = self.slot(s);
-                slot.phase == Phase::Loading && slot.load_target.is_none()
-            })
+            .filter(|&s| self.slot(s).unstarted())
             .collect()
     }
 
-    /// Starts loading slot `s` from `start`; it becomes ready once records up to `high` (the
-    /// high watermark read at takeover, exclusive) are consumed. Both come from the broker
-    /// before the partition is assigned, so no record between them can be skipped.
+    /// Starts loading slot `s` from `start`, ready once records up to `high` are consumed.
     pub fn begin_load(&self, s: u32, start: i64, high: i64) {
-        let mut slot = self.slot(s);
-        if slot.phase != Phase::Loading || slot.load_target.is_some() {
-            return;
-        }
-        slot.history.reset();
-        slot.history.start_at(start);
-        slot.load_target = Some(high);
-        if start >= high {
-            slot.phase = Phase::Ready;
-            slot.load_target = None;
-        }
+        self.slot(s).begin_load(start, high);
     }
 
     /// The partitions the deliver consumer should read and where to continue: right after the
     /// newest record of every slot that is loading (with a known start), ready or releasing.
     pub fn consumer_plan(&self) -> Vec<(u32, i64)> {
         (0..self.slots)
-            .filter_map(|s| {
-                let slot = self.slot(s);
-                match slot.phase {
-                    Phase::Idle => None,
-                    Phase::Loading if slot.load_target.is_none() => None,
-                    _ => Some((s, slot.history.last_offset() + 1)),
-                }
-            })
+            .filter_map(|s| Some((s, self.slot(s).read_from()?)))
             .collect()
     }
 
@@ -350,45 +213,36 @@ impl Node {
     pub fn admit(&self, slot: u32, token_epoch: u64) -> Result<(), Refusal> {
         if self.draining.load(Ordering::Relaxed) {
             return Err(Refusal::new(
-                503,
                 ErrorCode::Draining,
                 "this node is draining; resolve again",
-                Some(1),
             ));
         }
         if !self.serving() {
             // Without a placed rooms reader, a room message published now could be missed.
             return Err(Refusal::new(
-                503,
                 ErrorCode::NotReady,
                 "this node is starting (no ring yet, or its rooms reader is not placed)",
-                Some(1),
             ));
         }
-        match self.slot(slot).phase {
-            Phase::Ready => {}
-            Phase::Loading => {
+        let state = self.slot(slot).admit();
+        match state {
+            Ok(()) => {}
+            Err(Closed::Loading) => {
                 return Err(Refusal::new(
-                    503,
                     ErrorCode::SlotLoading,
                     "the slot is loading its history",
-                    Some(1),
                 ))
             }
-            Phase::Idle | Phase::Releasing => {
+            Err(Closed::NotOwned) => {
                 return Err(if token_epoch > self.ring().epoch {
                     Refusal::new(
-                        503,
                         ErrorCode::NotReady,
                         "this node has not applied the token's ring epoch yet",
-                        Some(1),
                     )
                 } else {
                     Refusal::new(
-                        409,
                         ErrorCode::SlotNotOwned,
                         "this node does not own the client's slot; resolve again",
-                        None,
                     )
                 });
             }
@@ -396,10 +250,8 @@ impl Node {
         let n = self.connections.load(Ordering::Relaxed);
         if n >= self.cfg.max_connections {
             return Err(Refusal::new(
-                503,
                 ErrorCode::TooManyConnections,
                 "this node is at its connection limit",
-                Some(5),
             ));
         }
         Ok(())
@@ -413,13 +265,14 @@ impl Node {
         slot: u32,
         resume: Option<i64>,
     ) -> Result<(), CloseReason> {
+        let moved = CloseReason {
+            code: close::MOVED,
+            reason: "slot moved during the handshake",
+        };
         let epoch = self.ring().epoch;
         let mut s = self.slot(slot);
-        if s.phase != Phase::Ready {
-            return Err(CloseReason {
-                code: close::MOVED,
-                reason: "slot moved during the handshake",
-            });
+        if s.admit().is_err() {
+            return Err(moved);
         }
         let last = s.history.last_offset();
         let (recovered, from) = match resume {
@@ -427,8 +280,8 @@ impl Node {
             None => (true, last),
         };
         let welcome = ServerFrame::Welcome {
-            node: &self.id,
-            client_id: &conn.client_id,
+            node: self.id.as_str().into(),
+            client_id: (*conn.client_id).into(),
             epoch,
             recovered,
             offset: last,
@@ -440,41 +293,23 @@ impl Node {
             conn.push_unbounded(e.frame.clone());
             delivered = e.offset;
         }
-        let member = Member {
-            conn: conn.clone(),
-            last: delivered,
-            move_sent: None,
-        };
-        if let Some(old) = s.members.insert(conn.client_id.clone(), member) {
-            old.conn.close(CloseReason {
+        match s.insert(&conn.client_id, conn.clone(), delivered) {
+            Ok(Some(old)) => old.conn.close(CloseReason {
                 code: close::REPLACED,
                 reason: "replaced by a newer connection",
-            });
+            }),
+            Ok(None) => {}
+            Err(_) => return Err(moved),
         }
         Ok(())
     }
 
     /// Removes `conn` from its slot (if still the member) and from its rooms.
     pub fn unregister(&self, conn: &Conn, slot: u32, rooms: &[Box<str>]) {
-        {
-            let mut s = self.slot(slot);
-            if s.members
-                .get(&conn.client_id)
-                .is_some_and(|m| m.conn.id == conn.id)
-            {
-                s.members.remove(&conn.client_id);
-            }
-        }
+        self.slot(slot)
+            .remove(&conn.client_id, |member| member.id == conn.id);
         if !rooms.is_empty() {
-            let mut all = self.rooms.lock().expect("rooms lock is never poisoned");
-            for r in rooms {
-                if let Some(m) = all.get_mut(r) {
-                    m.remove(&conn.id);
-                    if m.is_empty() {
-                        all.remove(r);
-                    }
-                }
-            }
+            self.rooms.leave_all(rooms.iter().map(|r| &**r), conn);
         }
     }
 
@@ -488,12 +323,8 @@ impl Node {
         frame: Utf8Bytes,
         at_ms: u64,
     ) {
-        let now = rtc_common::telemetry::now_ms();
+        let now = rtc_serverkit::telemetry::now_ms();
         let min_at = now.saturating_sub(self.cfg.history_max_age_secs * 1000);
-        let mut slot = self.slot(s);
-        if slot.phase == Phase::Idle {
-            return;
-        }
         let entry = Entry {
             offset,
             recipient: recipient.into(),
@@ -501,71 +332,41 @@ impl Node {
             at_ms,
             key,
         };
-        let pushed = slot
-            .history
-            .push(entry, self.cfg.history_max_messages, min_at);
-        if pushed == Pushed::Old {
-            return;
-        }
-        slot.loaded_through(offset);
-        if pushed == Pushed::Duplicate {
-            self.metrics.duplicate_dropped.inc();
-            return;
-        }
-        if let Some(m) = slot.members.get_mut(recipient) {
-            if offset > m.last {
-                m.last = offset;
-                if m.conn.push(frame) {
+        let mut slot = self.slot(s);
+        match slot.consume(entry, self.cfg.history_max_messages, min_at) {
+            None | Some(Consumed::Old) | Some(Consumed::Stored(None)) => {}
+            Some(Consumed::Duplicate) => self.metrics.duplicate_dropped.inc(),
+            Some(Consumed::Stored(Some(conn))) => {
+                if conn.push(frame) {
                     self.metrics.delivered.inc();
                     self.delivered_window.fetch_add(1, Ordering::Relaxed);
                     let us = now.saturating_sub(at_ms) * 1000;
                     if let Ok(mut h) = self.latency_us.lock() {
                         let _ = h.record(us.max(1));
                     }
-                } else {
-                    self.metrics.closed.with_label_values(&["4001"]).inc();
                 }
+                // A full queue closes the connection as a slow consumer; the connection task
+                // counts that close once, when it ends the connection.
             }
         }
     }
 
-    /// Slot `s` consumed a record at `offset` that holds no message (unreadable): loading
-    /// still counts it, so a slot whose last record is bad does not stay loading.
+    /// Slot `s` consumed a record at `offset` that holds no message (unreadable).
     pub fn skip(&self, s: u32, offset: i64) {
-        let mut slot = self.slot(s);
-        if slot.phase != Phase::Idle {
-            slot.history.skip(offset);
-            slot.loaded_through(offset);
-        }
+        self.slot(s).skip(offset);
     }
 
     pub fn join(&self, room: &str, conn: &Arc<Conn>) {
-        let mut all = self.rooms.lock().expect("rooms lock is never poisoned");
-        all.entry(room.into())
-            .or_default()
-            .insert(conn.id, conn.clone());
+        self.rooms.join(room, conn);
     }
 
     pub fn leave(&self, room: &str, conn: &Conn) {
-        let mut all = self.rooms.lock().expect("rooms lock is never poisoned");
-        if let Some(m) = all.get_mut(room) {
-            m.remove(&conn.id);
-            if m.is_empty() {
-                all.remove(room);
-            }
-        }
+        self.rooms.leave_all([room], conn);
     }
 
     /// Fans a room message out to local members.
     pub fn fan_out(&self, room: &str, frame: Utf8Bytes) {
-        let members: Vec<Arc<Conn>> = {
-            let all = self.rooms.lock().expect("rooms lock is never poisoned");
-            match all.get(room) {
-                Some(m) => m.values().cloned().collect(),
-                None => return,
-            }
-        };
-        for c in members {
+        for c in self.rooms.members(room) {
             if c.push(frame.clone()) {
                 self.metrics.room_delivered.inc();
             }
@@ -588,47 +389,41 @@ impl Node {
             .lock()
             .ok()
             .and_then(|d| d.map(|t| t.elapsed()));
-        let drain_all = draining && drain_elapsed.is_some_and(|e| e >= grace);
+        let move_all = draining && drain_elapsed.is_some_and(|e| e >= grace);
         let reason = if draining { "drain" } else { "rebalance" };
-        let mut sent = 0;
+        let now = Instant::now();
+        let mut budget = batch;
         let mut retired = false;
+        let jitter = || {
+            if jitter_ms == 0 {
+                0
+            } else {
+                rand::random_range(0..=jitter_ms)
+            }
+        };
         for s in 0..self.slots {
-            let mut slot = self.slot(s);
-            let eligible =
-                slot.phase == Phase::Releasing || (drain_all && !slot.members.is_empty());
-            if !eligible {
-                continue;
-            }
-            for m in slot.members.values_mut() {
-                match m.move_sent {
-                    Some(at) if at.elapsed() > deadline => {
-                        m.conn.close(CloseReason {
-                            code: close::MOVED,
-                            reason: "moved: reconnect through resolve",
-                        });
-                    }
-                    None if sent < batch => {
-                        let delay_ms = if jitter_ms == 0 {
-                            0
-                        } else {
-                            rand::random_range(0..=jitter_ms)
-                        };
-                        m.conn.push_unbounded(Utf8Bytes::from(
-                            ServerFrame::Move { reason, delay_ms }.to_json(),
-                        ));
-                        m.move_sent = Some(Instant::now());
-                        sent += 1;
-                    }
-                    _ => {}
-                }
-            }
-            if slot.phase == Phase::Releasing && slot.members.is_empty() {
-                slot.phase = Phase::Idle;
-                slot.history.reset();
-                slot.released_at = None;
-                retired = true;
-            }
+            retired |= self.slot(s).pace_moves(
+                move_all,
+                now,
+                &mut budget,
+                deadline,
+                jitter,
+                |conn, action| match action {
+                    MoveAction::Move { delay_ms } => conn.push_unbounded(Utf8Bytes::from(
+                        ServerFrame::Move {
+                            reason: reason.into(),
+                            delay_ms,
+                        }
+                        .to_json(),
+                    )),
+                    MoveAction::Close => conn.close(CloseReason {
+                        code: close::MOVED,
+                        reason: "moved: reconnect through resolve",
+                    }),
+                },
+            );
         }
+        let sent = batch - budget;
         if sent > 0 {
             self.metrics
                 .moves
@@ -648,17 +443,11 @@ impl Node {
         let mut n = 0;
         for s in 0..self.slots {
             let slot = self.slot(s);
-            if slot.phase == Phase::Releasing || draining {
-                let k = slot
-                    .members
-                    .values()
-                    .filter(|m| m.move_sent.is_none())
-                    .count();
-                if k > 0 {
-                    n += k;
-                    if let Some(t) = slot.released_at {
-                        oldest = Some(oldest.map_or(t, |o| o.min(t)));
-                    }
+            let k = slot.waiting_to_move(draining);
+            if k > 0 {
+                n += k;
+                if let Some(t) = slot.released_at {
+                    oldest = Some(oldest.map_or(t, |o| o.min(t)));
                 }
             }
         }
@@ -667,8 +456,6 @@ impl Node {
 
     /// Slots owned and served, for the heartbeat.
     pub fn owned(&self) -> BTreeSet<u32> {
-        (0..self.slots)
-            .filter(|&s| matches!(self.slot(s).phase, Phase::Ready | Phase::Loading))
-            .collect()
+        (0..self.slots).filter(|&s| self.slot(s).owned()).collect()
     }
 }

@@ -8,12 +8,12 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use rtc_common::kafka::{
+use rtc_protocol::ring::Ring;
+use rtc_protocol::slot::murmur2;
+use rtc_protocol::{Envelope, ServerFrame};
+use rtc_serverkit::kafka::{
     self, CONTROL_TOPIC, DELIVER_TOPIC, RING_KEY, ROOMS_PARTITIONS, ROOMS_TOPIC,
 };
-use rtc_common::protocol::{Envelope, MsgFrame};
-use rtc_common::ring::Ring;
-use rtc_common::slot::murmur2;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +70,7 @@ fn record_ms(m: &impl Message) -> u64 {
     m.timestamp()
         .to_millis()
         .map(|t| t.max(0) as u64)
-        .unwrap_or_else(rtc_common::telemetry::now_ms)
+        .unwrap_or_else(rtc_serverkit::telemetry::now_ms)
 }
 
 /// Builds the `msg` frame of a record, or None for a record that is not ours to parse; with the
@@ -83,7 +83,7 @@ fn frame_of(
     let env: Envelope = serde_json::from_slice(payload?).ok()?;
     let key = crate::history::message_key(recipient, &env.from, &env.id);
     Some((
-        Utf8Bytes::from(MsgFrame::from_envelope(&env, offset).to_json()),
+        Utf8Bytes::from(ServerFrame::msg(&env, offset).to_json()),
         key,
     ))
 }

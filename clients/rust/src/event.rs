@@ -1,0 +1,121 @@
+//! What a connection receives, as owned typed values (the SDK's view of the server frames in
+//! `rtc_protocol::ServerFrame`).
+
+use rtc_protocol::{ErrorCode, ServerFrame};
+use serde_json::value::RawValue;
+
+/// A delivered message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// The sender's clientId.
+    pub from: String,
+    /// The sender's id for the message (unique per sender).
+    pub id: String,
+    /// The room, for a room message.
+    pub room: Option<String>,
+    /// The Kafka offset of a direct message: the client's resume point.
+    pub offset: Option<i64>,
+    /// The payload, exactly as the sender wrote it.
+    pub data: Box<RawValue>,
+}
+
+impl Message {
+    /// The payload parsed as `T`.
+    pub fn data_as<T: serde::de::DeserializeOwned>(&self) -> serde_json::Result<T> {
+        serde_json::from_str(self.data.get())
+    }
+}
+
+/// One thing a connection received.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// The connection is served (first frame on every connection). `recovered`: every message
+    /// after the resume offset will be delivered.
+    Welcome {
+        node: String,
+        epoch: u64,
+        recovered: bool,
+        offset: i64,
+    },
+    /// A message for this client, direct or from a room.
+    Msg(Message),
+    /// The frame with this id was accepted (a direct message: stored in Kafka at `offset`).
+    Ack {
+        id: String,
+        offset: Option<i64>,
+    },
+    /// The frame with this id failed (no id: a frame the server could not parse).
+    Error {
+        id: Option<String>,
+        code: ErrorCode,
+        message: String,
+        retryable: bool,
+    },
+    /// The server asks the client to reconnect elsewhere after `delay_ms`.
+    Move {
+        reason: String,
+        delay_ms: u64,
+    },
+    Pong {
+        id: Option<String>,
+    },
+    /// The server closed the connection with this code.
+    Closed {
+        code: u16,
+        reason: String,
+    },
+}
+
+impl From<ServerFrame<'_>> for Event {
+    fn from(f: ServerFrame<'_>) -> Self {
+        match f {
+            ServerFrame::Welcome {
+                node,
+                epoch,
+                recovered,
+                offset,
+                ..
+            } => Event::Welcome {
+                node: node.into_owned(),
+                epoch,
+                recovered,
+                offset,
+            },
+            ServerFrame::Msg {
+                from,
+                id,
+                room,
+                offset,
+                data,
+            } => Event::Msg(Message {
+                from: from.into_owned(),
+                id: id.into_owned(),
+                room: room.map(|r| r.into_owned()),
+                offset,
+                data: data.to_owned(),
+            }),
+            ServerFrame::Ack { id, offset } => Event::Ack {
+                id: id.into_owned(),
+                offset,
+            },
+            ServerFrame::Error {
+                id,
+                code,
+                message,
+                retryable,
+            } => Event::Error {
+                id: id.map(|i| i.into_owned()),
+                code,
+                message: message.into_owned(),
+                retryable,
+            },
+            ServerFrame::Move { reason, delay_ms } => Event::Move {
+                reason: reason.into_owned(),
+                delay_ms,
+            },
+            ServerFrame::Pong { id } => Event::Pong {
+                id: id.map(|i| i.into_owned()),
+            },
+        }
+    }
+}

@@ -1,0 +1,130 @@
+//! Plain HTTP/1.1 for resolve and small admin calls, and TCP connections from a chosen source
+//! address (so one machine can spread many clients over 127.0.0.x sources).
+
+use crate::error::{Error, HttpReply};
+use http_body_util::{BodyExt, Empty};
+use rtc_protocol::Resolved;
+use std::net::IpAddr;
+use std::sync::Arc;
+use tokio::net::TcpStream;
+
+/// Maps a nodeId to the `host:port` its WebSocket path is opened on.
+pub type NodeAddr = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// Where a client resolves, and how it reaches a node's WebSocket URL.
+#[derive(Clone)]
+pub struct Endpoints {
+    /// `host:port` serving `/api/v1/resolve` (the gateway, or a balancer directly).
+    pub resolve: String,
+    /// `host:port` to open `/ws/<node>/connect` on, given the nodeId (the gateway for every
+    /// node, or a node's own address when there is no gateway).
+    pub ws: NodeAddr,
+    /// Local address to connect from (None: the system's choice).
+    pub bind: Option<IpAddr>,
+}
+
+impl Endpoints {
+    /// Everything through one gateway address (`host:port`), as applications use it.
+    pub fn gateway(addr: &str) -> Self {
+        let a = addr.to_string();
+        Endpoints {
+            resolve: a.clone(),
+            ws: Arc::new(move |_| Some(a.clone())),
+            bind: None,
+        }
+    }
+}
+
+/// A TCP connection to `addr`, from local address `bind` (any port) when given.
+pub async fn tcp_connect(addr: &str, bind: Option<IpAddr>) -> Result<TcpStream, Error> {
+    let target = tokio::net::lookup_host(addr)
+        .await?
+        .next()
+        .ok_or_else(|| Error::Invalid(format!("no address for {addr}")))?;
+    let stream = match bind {
+        None => TcpStream::connect(target).await?,
+        Some(ip) => {
+            let sock = if target.is_ipv4() {
+                tokio::net::TcpSocket::new_v4()?
+            } else {
+                tokio::net::TcpSocket::new_v6()?
+            };
+            sock.bind(std::net::SocketAddr::new(ip, 0))?;
+            sock.connect(target).await?
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// One request with an empty body over a fresh HTTP/1.1 connection.
+pub async fn request(
+    method: http::Method,
+    addr: &str,
+    path_and_query: &str,
+    bind: Option<IpAddr>,
+) -> Result<HttpReply, Error> {
+    let http_err = |e: &dyn std::fmt::Display| Error::Http(format!("{addr}{path_and_query}: {e}"));
+    let stream = tcp_connect(addr, bind).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| http_err(&e))?;
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path_and_query)
+        .header(http::header::HOST, addr)
+        // The server closes first, so TIME_WAIT stays on its side and a client making many
+        // requests does not run out of local ports.
+        .header(http::header::CONNECTION, "close")
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let resp = sender.send_request(req).await.map_err(|e| http_err(&e))?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| http_err(&e))?
+        .to_bytes();
+    Ok(HttpReply {
+        status,
+        retry_after,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+/// `GET http://{addr}{path_and_query}`.
+pub async fn get(addr: &str, path_and_query: &str) -> Result<HttpReply, Error> {
+    request(http::Method::GET, addr, path_and_query, None).await
+}
+
+/// `POST http://{addr}{path}` with an empty body.
+pub async fn post(addr: &str, path: &str) -> Result<HttpReply, Error> {
+    request(http::Method::POST, addr, path, None).await
+}
+
+/// `s` escaped for a query string value.
+pub(crate) fn query_escape(s: &str) -> String {
+    serde_urlencoded::to_string([("", s)])
+        .map(|q| q[1..].to_string())
+        .unwrap_or_default()
+}
+
+/// `GET /api/v1/resolve?clientId=…`: which node serves `client_id`, with a token for it. A
+/// refusal comes back as [`Error::Refused`].
+pub async fn resolve(ep: &Endpoints, client_id: &str) -> Result<Resolved, Error> {
+    let path = format!("/api/v1/resolve?clientId={}", query_escape(client_id));
+    let r = request(http::Method::GET, &ep.resolve, &path, ep.bind).await?;
+    if r.status != 200 {
+        return Err(Error::Refused(r));
+    }
+    serde_json::from_str(&r.body)
+        .map_err(|e| Error::Protocol(format!("resolve answered {:?}: {e}", r.body)))
+}

@@ -1,0 +1,49 @@
+//! End-to-end tests' harness: the whole system in one process on real Redis and Kafka (a
+//! balancer, socket nodes, optionally the gateway) and assertions shared by the tests in
+//! `tests/`, which are every test that crosses services.
+
+pub mod stack;
+
+use rtc_client::{Connection, Endpoints, Error, HttpReply};
+
+/// Asserts that connecting `client_id` now is refused with `status`, `Retry-After` and `code`
+/// (the documented JSON body), and returns the reply.
+pub async fn expect_refusal(
+    ep: &Endpoints,
+    client_id: &str,
+    status: u16,
+    retry_after: Option<&str>,
+    code: &str,
+) -> HttpReply {
+    let r = match Connection::connect_once(ep, client_id, None).await {
+        Ok(_) => panic!("{client_id} was accepted; expected {status} {code}"),
+        Err(Error::Refused(r)) => r,
+        Err(e) => panic!("not an HTTP refusal: {e}"),
+    };
+    assert_eq!(
+        (r.status, r.retry_after.as_deref()),
+        (status, retry_after),
+        "{}",
+        r.body
+    );
+    assert!(r.body.contains(code), "{}", r.body);
+    r
+}
+
+/// The path of a binary of this workspace built next to the running test (`cargo build --bins`
+/// puts them there; scripts/test.sh builds them first).
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its own path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("tests run from target/<profile>/deps");
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: run `cargo build --bins` first",
+        bin.display()
+    );
+    bin
+}

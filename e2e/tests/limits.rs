@@ -1,0 +1,175 @@
+//! Limits and refusals on a real stack: no nodes, wrong node, connection cap, rate limit, and a
+//! slow consumer closed with 4001 that loses nothing.
+
+use futures_util::StreamExt;
+use rtc_client::http::get as http_get;
+use rtc_client::Connection;
+use rtc_e2e::stack::Stack;
+use serde_json::json;
+use std::collections::HashSet;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolve_without_nodes_is_503_with_retry_after() {
+    let stack = Stack::start(0, |_| {}).await;
+    let r = http_get(
+        &stack.balancer.to_string(),
+        "/api/v1/resolve?clientId=alice",
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r.status, r.retry_after.as_deref()),
+        (503, Some("1")),
+        "{}",
+        r.body
+    );
+    let body: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(
+        (body["error"].as_str(), body["retryable"].as_bool()),
+        (Some("no_nodes"), Some(true))
+    );
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_refuses_other_nodes_paths_and_enforces_its_connection_cap() {
+    let stack = Stack::start(1, |c| c.max_connections = 2).await;
+    let addr = stack.nodes[0].addr.to_string();
+    let r = http_get(&addr, "/ws/some-other-node/connect?clientId=a&token=x")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    assert!(r.body.contains("wrong_node"), "{}", r.body);
+
+    let ep = stack.endpoints();
+    let _a = Connection::connect(&ep, "cap-a", None, T).await.unwrap();
+    let _b = Connection::connect(&ep, "cap-b", None, T).await.unwrap();
+    rtc_e2e::expect_refusal(&ep, "cap-c", 503, Some("5"), "too_many_connections").await;
+    stack.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_over_the_rate_get_rate_limited_errors() {
+    let stack = Stack::start(1, |c| {
+        c.rate_limit_per_sec = 1;
+        c.rate_limit_burst = 3;
+    })
+    .await;
+    let ep = stack.endpoints();
+    let mut c = Connection::connect(&ep, "fast", None, T).await.unwrap();
+    for i in 0..10 {
+        c.send_text(json!({"type":"ping","id":format!("p{i}")}).to_string())
+            .await
+            .unwrap();
+    }
+    let (mut pongs, mut limited) = (0, 0);
+    while pongs + limited < 10 {
+        let f = c.next(T).await.unwrap().unwrap();
+        match f["type"].as_str() {
+            Some("pong") => pongs += 1,
+            Some("error") => {
+                assert_eq!(
+                    (f["code"].as_str(), f["retryable"].as_bool()),
+                    (Some("rate_limited"), Some(true)),
+                    "{f}"
+                );
+                limited += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        (3..=4).contains(&pongs),
+        "the burst passes ({pongs}), the rest is refused"
+    );
+    stack.shutdown().await;
+}
+
+/// A client that stops reading is closed as a slow consumer once its queue passes
+/// SEND_QUEUE_BYTES; reconnecting with its resume offset it still gets every message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_consumer_is_closed_and_loses_nothing() {
+    let stack = Stack::start(1, |c| {
+        c.send_queue_bytes = 16 * 1024;
+        c.max_message_bytes = 8 * 1024;
+        c.rate_limit_per_sec = 1_000_000;
+        c.rate_limit_burst = 1_000_000;
+        c.history_max_messages = 20_000;
+    })
+    .await;
+    let ep = stack.endpoints();
+    let mut alice = Connection::connect(&ep, "alice", None, T).await.unwrap();
+    let bob = Connection::connect(&ep, "bob", None, T).await.unwrap();
+    let resume = bob.offset;
+    let node = stack.nodes[0].node.clone();
+    // bob reads nothing; alice sends until the node gives up on him (bounded).
+    let pad = "x".repeat(2000);
+    let mut sent = 0;
+    while node.metrics.closed.with_label_values(&["4001"]).get() == 0 {
+        assert!(sent < 20_000, "bob was never closed as a slow consumer");
+        for _ in 0..200 {
+            sent += 1;
+            alice
+                .send(&sent.to_string(), "bob", json!({"pad": pad}))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Wait for every ack, so every message is in Kafka.
+    let mut acked = 0;
+    while acked < sent {
+        if alice.next(T).await.unwrap().unwrap()["type"] == "ack" {
+            acked += 1;
+        }
+    }
+    // Whatever bob's socket still holds, then the end of that connection.
+    let mut got: HashSet<String> = HashSet::new();
+    let mut ws = bob.ws;
+    let mut offset = resume;
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            let f: serde_json::Value = serde_json::from_str(&t).unwrap();
+            if f["type"] == "msg" {
+                got.insert(f["id"].as_str().unwrap().to_string());
+                offset = f["offset"].as_i64().or(offset);
+            }
+        }
+    }
+    assert!(
+        got.len() < sent,
+        "the connection ended before everything arrived"
+    );
+    let mut bob = Connection::connect(&ep, "bob", offset, T).await.unwrap();
+    assert!(bob.recovered);
+    while got.len() < sent {
+        let f = bob.until(T, |f| f["type"] == "msg").await.unwrap();
+        assert!(
+            got.insert(f["id"].as_str().unwrap().to_string()),
+            "no message twice: {}",
+            f["id"]
+        );
+    }
+    assert_eq!(got.len(), sent);
+    stack.shutdown().await;
+}
+
+/// A client that stops reading (so never answers pings) is closed with 1001 `ping timeout`
+/// after three ping intervals, and can come back with its resume offset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_answers_pings_is_closed_with_a_reason() {
+    let stack = Stack::start(1, |c| c.ping_interval_secs = 1).await;
+    let ep = stack.endpoints();
+    let mut bob = Connection::connect(&ep, "bob", None, T).await.unwrap();
+    // Not reading: tungstenite answers a ping only while it reads.
+    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    let close = bob.until(T, |f| f["type"] == "close").await.unwrap();
+    assert_eq!(close["code"], 1001, "{close}");
+    assert_eq!(close["reason"], "ping timeout");
+    bob.reconnect(T).await.unwrap();
+    assert!(bob.recovered);
+    stack.shutdown().await;
+}

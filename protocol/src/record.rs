@@ -1,0 +1,73 @@
+//! What travels through Kafka and Redis: topic and key names, the message envelope, and the
+//! node heartbeat. Any backend that produces to `rtc.deliver` itself uses these.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+
+/// Kafka topics and record keys.
+pub mod kafka {
+    /// Direct messages; SLOTS partitions, key = recipient clientId, partition = slot(recipient).
+    pub const DELIVER_TOPIC: &str = "rtc.deliver";
+    /// Room messages; key = room; every node reads every partition.
+    pub const ROOMS_TOPIC: &str = "rtc.rooms";
+    /// Ring epochs (key `ring`) and other control records; compacted, one partition.
+    pub const CONTROL_TOPIC: &str = "rtc.control";
+    /// Partitions of `rtc.rooms`.
+    pub const ROOMS_PARTITIONS: i32 = 8;
+    /// The record key of ring epochs on `rtc.control`.
+    pub const RING_KEY: &str = "ring";
+}
+
+/// Redis key names.
+pub mod redis {
+    /// Prefix of node heartbeat keys: `rtc:node:<nodeId>`.
+    pub const NODE_PREFIX: &str = "rtc:node:";
+    /// The ring mirror.
+    pub const RING_KEY: &str = "rtc:ring";
+    /// Prefix of session hashes: `rtc:session:<clientId>`.
+    pub const SESSION_PREFIX: &str = "rtc:session:";
+}
+
+/// The value of a record on `rtc.deliver` (key = recipient) or `rtc.rooms` (key = room).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Envelope<'a> {
+    /// `Cow`: records produced by other backends may carry escaped strings.
+    #[serde(borrow)]
+    pub from: Cow<'a, str>,
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    #[serde(default, skip_serializing_if = "Option::is_none", borrow)]
+    pub room: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    pub data: &'a RawValue,
+}
+
+impl Envelope<'_> {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("envelopes always serialize")
+    }
+}
+
+/// What a socket node reports every heartbeat interval (Redis `rtc:node:<nodeId>`, with a TTL).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Heartbeat {
+    pub node_id: String,
+    /// `host:port` of the node's client listener, as the gateway should reach it.
+    pub addr: String,
+    pub connections: u64,
+    pub msgs_per_sec: f64,
+    pub p95_ms: f64,
+    /// Process CPU as a fraction of one core.
+    pub cpu: f64,
+    pub mem_bytes: u64,
+    pub draining: bool,
+    /// Whether the node accepts new connections (readiness).
+    pub ready: bool,
+    /// Slots the node owns and serves.
+    pub slots: Vec<u32>,
+    /// The newest ring epoch the node applied.
+    pub epoch: u64,
+    pub ts_ms: u64,
+}

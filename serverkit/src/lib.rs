@@ -1,0 +1,9 @@
+//! The I/O the servers (socket node, balancer, gateway) share: settings read from the
+//! environment, Kafka clients and topic set-up, the Redis store, telemetry and metrics, the
+//! HTTP accept loop. Pure logic lives in `rtc-protocol`; nothing here is linked by clients.
+
+pub mod config;
+pub mod http;
+pub mod kafka;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,38 @@
+//! Fixtures for tests and the local launcher: a Redis server, Kafka (librdkafka's embedded mock
+//! cluster or a real broker), child processes owned by PID, free ports, waiting with a deadline.
+//! Nothing here knows the servers; the in-process stack lives in `e2e`.
+
+pub mod kafka;
+pub mod proc;
+pub mod redis;
+
+/// A port that was free a moment ago on 127.0.0.1 (for programs that cannot bind port 0 and
+/// report it back, like redis-server and tansu).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0 works")
+}
+
+/// Polls `check` every 20 ms until it returns true or `timeout` passes.
+pub async fn wait_for<F, Fut>(
+    what: &str,
+    timeout: std::time::Duration,
+    mut check: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
