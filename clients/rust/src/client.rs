@@ -17,7 +17,9 @@ use std::time::Duration;
 /// How a [`Client`] connects and reconnects.
 #[derive(Clone)]
 pub struct Options {
+    /// Where to resolve and connect.
     pub endpoints: Endpoints,
+    /// Who this client is.
     pub client_id: String,
     /// Resume after this offset on the first connection (a previous session's newest offset).
     pub resume_offset: Option<i64>,

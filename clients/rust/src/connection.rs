@@ -25,7 +25,9 @@ const READ_BUFFER_BYTES: usize = 2048;
 
 /// A connected client: one WebSocket to the node that owns its slot.
 pub struct Connection {
+    /// Who this client is.
     pub client_id: String,
+    /// Where it resolves and connects (kept for reconnecting).
     pub ep: Endpoints,
     /// The raw stream, for tools that drive frames themselves (the load test).
     pub ws: Ws,
@@ -39,6 +41,7 @@ pub struct Connection {
     pub offset: Option<i64>,
     /// Set when the server sent `move`, with the delay it asked for.
     pub moved: bool,
+    /// The delay the `move` asked for, milliseconds.
     pub move_delay_ms: u64,
 }
 

@@ -5,8 +5,11 @@ use rtc_protocol::ErrorCode;
 /// An HTTP answer that was not a success: status, `Retry-After` and body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpReply {
+    /// The HTTP status.
     pub status: u16,
+    /// The `Retry-After` header, seconds, when there was one.
     pub retry_after: Option<String>,
+    /// The body: the documented JSON refusal, or whatever a proxy said.
     pub body: String,
 }
 
@@ -27,7 +30,12 @@ pub enum Error {
     Refused(HttpReply),
     /// The server closed the WebSocket with this code and reason.
     #[error("closed by the server with {code}: {reason}")]
-    Closed { code: u16, reason: String },
+    Closed {
+        /// The close code (docs/protocol.md).
+        code: u16,
+        /// The reason the server gave.
+        reason: String,
+    },
     /// A connection-level failure (DNS, TCP, TLS-less HTTP).
     #[error("connection failed: {0}")]
     Io(#[from] std::io::Error),

@@ -32,36 +32,52 @@ pub enum Event {
     /// The connection is served (first frame on every connection). `recovered`: every message
     /// after the resume offset will be delivered.
     Welcome {
+        /// The node serving the connection.
         node: String,
+        /// The ring epoch the node follows.
         epoch: u64,
+        /// Whether every message after the resume offset will be delivered.
         recovered: bool,
+        /// The resume point: the newest offset of the client's slot (or the client's own).
         offset: i64,
     },
     /// A message for this client, direct or from a room.
     Msg(Message),
     /// The frame with this id was accepted (a direct message: stored in Kafka at `offset`).
     Ack {
+        /// The id of the acked frame.
         id: String,
+        /// Where Kafka stored a direct message.
         offset: Option<i64>,
     },
     /// The frame with this id failed (no id: a frame the server could not parse).
     Error {
+        /// The id of the failed frame.
         id: Option<String>,
+        /// The documented error code.
         code: ErrorCode,
+        /// What went wrong, for people.
         message: String,
+        /// Whether sending the same frame again may succeed.
         retryable: bool,
     },
     /// The server asks the client to reconnect elsewhere after `delay_ms`.
     Move {
+        /// `drain` or `rebalance`.
         reason: String,
+        /// How long to wait before reconnecting, milliseconds.
         delay_ms: u64,
     },
+    /// The answer to a `ping`.
     Pong {
+        /// The ping's id.
         id: Option<String>,
     },
     /// The server closed the connection with this code.
     Closed {
+        /// The close code (docs/protocol.md).
         code: u16,
+        /// The reason the server gave.
         reason: String,
     },
 }
