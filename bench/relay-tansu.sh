@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cross-node relay through a real Kafka-protocol broker (tansu, installed by scripts/test.sh):
+# Cross-node relay through a real Kafka-protocol broker (tansu 0.6; the tests now use Apache Kafka, see testkit/tools/kafka):
 # the local stack with three socket nodes on tansu, N clients sending direct messages to peers
 # on other nodes at a fixed rate; prints achieved throughput, latency and loss, one line each.
 #   bench/relay-tansu.sh      (N=1000 clients, INTERVAL=500 ms each, SECS=20)
@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 N=${N:-1000}; INTERVAL=${INTERVAL:-500}; SECS=${SECS:-20}
 BASE=${BASE_PORT:-26080}
 TANSU=${TANSU_BIN:-${XDG_CACHE_HOME:-$HOME/.cache}/rtc/tansu-0.6.0/bin/tansu}
-[ -x "$TANSU" ] || { echo "tansu not installed: run scripts/test.sh once (or set TANSU_BIN)"; exit 1; }
+[ -x "$TANSU" ] || { echo "tansu not installed: cargo install tansu@0.6.0 --locked --no-default-features --features dynostore --root ${XDG_CACHE_HOME:-$HOME/.cache}/rtc/tansu-0.6.0 (or set TANSU_BIN)"; exit 1; }
 cargo build --release --bins --quiet
 BIN=target/release
 LOG=$(mktemp -d)

@@ -1,4 +1,4 @@
-//! The user's path on real Redis and Kafka (RTC_TEST_KAFKA=mock|tansu): resolve → connect →
+//! The user's path on real Redis and Kafka (RTC_TEST_KAFKA=mock|broker): resolve → connect →
 //! send → receive across nodes, rooms, resume, Kafka outages.
 
 use rtc_client::Connection;

@@ -34,7 +34,7 @@ pub fn producer_config(bootstrap: &str, timeout: Duration) -> ClientConfig {
 /// Whether `producer` must be replaced after `err`: it hit a fatal error, or the broker refused
 /// its producer id or epoch (fenced, epoch bumped elsewhere, id expired, sequence broken). An
 /// idempotent producer in that state fails every later send; a new one gets a new producer id.
-/// (Seen with tansu 0.6: after a request timeout librdkafka bumps the epoch and every later send
+/// (Seen with the tansu 0.6 broker: after a request timeout librdkafka bumps the epoch and every later send
 /// fails with ProducerFenced, without librdkafka marking the producer fatal.)
 pub fn needs_new_producer(
     producer: &rdkafka::producer::FutureProducer,

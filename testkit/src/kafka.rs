@@ -1,16 +1,13 @@
 //! Kafka for tests and the local stack: librdkafka's embedded mock cluster (owned by a thread of
-//! its own, since its handle cannot cross threads) or a tansu broker process.
+//! its own, since its handle cannot cross threads) or a real Apache Kafka broker (KRaft, one
+//! node) run by `tools/kafka/kafka.sh` from jars cached outside the clone.
 
-use crate::proc::Owned;
 use rdkafka::mocking::MockCluster;
 use rtc_serverkit::kafka::{CONTROL_TOPIC, DELIVER_TOPIC, ROOMS_PARTITIONS, ROOMS_TOPIC};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-
-/// The version of tansu the tests use, installed by scripts/test.sh.
-pub const TANSU_VERSION: &str = "0.6.0";
 
 enum Cmd {
     /// Brokers down (true) or up; the sender is told once it is done.
@@ -22,8 +19,9 @@ enum Inner {
         tx: mpsc::Sender<Cmd>,
         thread: Option<std::thread::JoinHandle<()>>,
     },
-    Tansu {
-        proc: Owned,
+    Broker {
+        /// The broker's directory (config, data, pid file, log); removed on drop.
+        dir: PathBuf,
     },
 }
 
@@ -33,23 +31,34 @@ pub struct Kafka {
     inner: Inner,
 }
 
-/// Where scripts/test.sh installs tansu, unless TANSU_BIN says otherwise.
-pub fn tansu_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("TANSU_BIN") {
-        return p.into();
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/root".into());
-    home.join(format!(".cache/rtc/tansu-{TANSU_VERSION}/bin/tansu"))
+/// The script that installs, starts and stops the real broker.
+pub fn broker_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/kafka/kafka.sh")
+}
+
+/// Runs `kafka.sh ARGS`, failing with its output.
+fn broker_cmd(args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(broker_script())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "kafka.sh {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 impl Kafka {
-    /// The broker named by `RTC_TEST_KAFKA` (`mock`, the default, or `tansu`).
+    /// The Kafka named by `RTC_TEST_KAFKA`: `mock` (the default) or `broker`.
     pub async fn from_env(slots: u32) -> anyhow::Result<Self> {
         match std::env::var("RTC_TEST_KAFKA").as_deref() {
-            Ok("tansu") => Self::tansu(slots).await,
-            _ => Self::mock(slots),
+            Ok("broker") => Self::broker(slots).await,
+            Ok("mock") | Err(_) => Self::mock(slots),
+            Ok(other) => anyhow::bail!("RTC_TEST_KAFKA={other}: expected mock or broker"),
         }
     }
 
@@ -104,44 +113,44 @@ impl Kafka {
         })
     }
 
-    /// A tansu broker with in-memory storage on a free port, with the project's topics.
-    pub async fn tansu(slots: u32) -> anyhow::Result<Self> {
-        let bin = tansu_bin();
-        anyhow::ensure!(
-            bin.is_file(),
-            "tansu not found at {} (scripts/test.sh installs it; or set TANSU_BIN)",
-            bin.display()
-        );
+    /// A real Apache Kafka broker on a free port with the project's topics, its data in
+    /// memory (`/dev/shm` when there is one). The jars are installed on first use.
+    pub async fn broker(slots: u32) -> anyhow::Result<Self> {
+        let base = ["/dev/shm"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_dir())
+            .unwrap_or_else(std::env::temp_dir);
+        let dir = base.join(format!(
+            "rtc-kafka-{}-{}",
+            std::process::id(),
+            crate::free_port()
+        ));
+        std::fs::create_dir_all(&dir)?;
         let port = crate::free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(&bin)
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let proc = Owned(child);
-        crate::wait_for("tansu", Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        })
-        .await?;
-        let bootstrap = format!("127.0.0.1:{port}");
-        rtc_serverkit::kafka::ensure_topics(&bootstrap, slots, Duration::from_secs(30)).await?;
-        Ok(Kafka {
-            bootstrap,
-            kind: "tansu",
-            inner: Inner::Tansu { proc },
-        })
+        let (d, p) = (dir.display().to_string(), port.to_string());
+        // Owned from here on: a failed start still stops whatever started, and removes the dir.
+        let kafka = Kafka {
+            bootstrap: format!("127.0.0.1:{port}"),
+            kind: "broker",
+            inner: Inner::Broker { dir },
+        };
+        tokio::task::spawn_blocking(move || broker_cmd(&["start", &d, &p])).await??;
+        rtc_serverkit::kafka::ensure_topics(&kafka.bootstrap, slots, Duration::from_secs(60))
+            .await?;
+        Ok(kafka)
+    }
+
+    /// The broker's pid (the real broker only).
+    fn broker_pid(&self) -> Option<i32> {
+        match &self.inner {
+            Inner::Broker { dir } => std::fs::read_to_string(dir.join("kafka.pid"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok(),
+            Inner::Mock { .. } => None,
+        }
     }
 
     /// Makes every broker unreachable (`true`) or brings them back; done when it returns.
@@ -153,18 +162,35 @@ impl Kafka {
                     let _ = done_rx.recv_timeout(Duration::from_secs(10));
                 }
             }
-            Inner::Tansu { proc } => proc.signal(if down { libc::SIGSTOP } else { libc::SIGCONT }),
+            Inner::Broker { .. } => {
+                // Frozen, not stopped: connections stay open and requests time out, as with a
+                // broker that hangs; SIGCONT brings it back with everything it had.
+                if let Some(pid) = self.broker_pid() {
+                    crate::proc::signal(pid, if down { libc::SIGSTOP } else { libc::SIGCONT });
+                }
+            }
         }
     }
 }
 
 impl Drop for Kafka {
     fn drop(&mut self) {
-        if let Inner::Mock { tx, thread } = &mut self.inner {
-            let (dead_tx, _) = mpsc::channel();
-            drop(std::mem::replace(tx, dead_tx));
-            if let Some(t) = thread.take() {
-                let _ = t.join();
+        let pid = self.broker_pid();
+        match &mut self.inner {
+            Inner::Mock { tx, thread } => {
+                let (dead_tx, _) = mpsc::channel();
+                drop(std::mem::replace(tx, dead_tx));
+                if let Some(t) = thread.take() {
+                    let _ = t.join();
+                }
+            }
+            Inner::Broker { dir } => {
+                // A frozen broker cannot shut down: thaw it first.
+                if let Some(pid) = pid {
+                    crate::proc::signal(pid, libc::SIGCONT);
+                }
+                let _ = broker_cmd(&["stop", &dir.display().to_string()]);
+                let _ = std::fs::remove_dir_all(&*dir);
             }
         }
     }

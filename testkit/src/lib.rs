@@ -7,7 +7,7 @@ pub mod proc;
 pub mod redis;
 
 /// A port that was free a moment ago on 127.0.0.1 (for programs that cannot bind port 0 and
-/// report it back, like redis-server and tansu).
+/// report it back, like redis-server and the Kafka broker).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -13,10 +13,7 @@ impl Owned {
     /// Sends `sig` to the process.
     pub fn signal(&self, sig: i32) {
         // The pid is our own child's and still unreaped, so it cannot name another process.
-        let _ = std::process::Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status();
+        signal(self.pid(), sig);
     }
 }
 
@@ -25,6 +22,14 @@ impl Drop for Owned {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Sends `sig` to the process `pid` (one this program started and knows by its pid file).
+pub fn signal(pid: i32, sig: i32) {
+    let _ = std::process::Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 /// Whether `program` is on PATH.
