@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The full test suite, installing what it needs (Debian/Ubuntu, as root or with sudo):
 #   - build tools for librdkafka (cmake, libcurl headers), redis-server and chromium via apt;
+#   - Autobahn|Testsuite (Python 2.7 from pyenv, in a virtualenv cached outside the clone);
 #   - Apache Kafka (a real broker) from Maven Central's jars, cached outside the clone (Java 17
 #     and Maven come with our machines; installed with apt when missing);
 # then every test on librdkafka's embedded mock cluster, and the Kafka integration tests again
@@ -26,11 +27,15 @@ fi
 
 # The real Kafka broker (Apache Kafka, KRaft): jars from Maven Central, cached outside the clone.
 testkit/tools/kafka/kafka.sh install >/dev/null
+# Autobahn|Testsuite (wstest, Python 2.7 from pyenv) in a cached virtualenv.
+testkit/tools/autobahn/install.sh >/dev/null
 
 cargo fmt --all -- --check
 # The end-to-end tests start the real binaries (rtc-loadtest) from target/debug.
 cargo build --workspace --bins --quiet
 echo "== all tests, Kafka = embedded mock cluster"
-RTC_TEST_KAFKA=mock cargo test --workspace --no-fail-fast
+RTC_TEST_KAFKA=mock cargo test --workspace --no-fail-fast -- --skip autobahn
+echo "== Autobahn|Testsuite through the gateway (summary below)"
+RTC_TEST_KAFKA=mock cargo test -p rtc-e2e --test autobahn -- --nocapture
 echo "== Kafka integration tests, Kafka = Apache Kafka $(testkit/tools/kafka/kafka.sh version)"
 RTC_TEST_KAFKA=broker cargo test -p rtc-e2e --test data_path --test drain --no-fail-fast

@@ -4,26 +4,24 @@
 use crate::Balancer;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use rtc_protocol::{connect_path, validate_id, ErrorCode, Refusal, Resolved};
+use rtc_protocol::{connect_path, query, validate_id, ErrorCode, Refusal, Resolved};
 use rtc_protocol::{slot::slot_of, ticket};
 use rtc_serverkit::http::refusal;
 use std::sync::Arc;
 
 pub async fn resolve(State(bal): State<Arc<Balancer>>, RawQuery(q): RawQuery) -> Response {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(q.as_deref().unwrap_or("")).unwrap_or_default();
-    let Some(client_id) = pairs
-        .into_iter()
-        .find(|(k, _)| k == "clientId")
-        .map(|(_, v)| v)
-    else {
+    let pairs = match query::parse(q.as_deref().unwrap_or("")) {
+        Ok(p) => p,
+        Err(e) => return bad(&bal, e.reason()),
+    };
+    let Some(client_id) = query::get(&pairs, "clientId") else {
         return bad(&bal, "clientId is required");
     };
-    if let Err(e) = validate_id(&client_id) {
+    if let Err(e) = validate_id(client_id) {
         return bad(&bal, e.client_id_reason());
     }
     let ring = bal.ring();
-    let slot = slot_of(&client_id, ring.slots());
+    let slot = slot_of(client_id, ring.slots());
     let Some(node) = ring.owner(slot).filter(|n| bal.is_live(n)) else {
         bal.metrics.resolves.with_label_values(&["no_nodes"]).inc();
         return refusal(Refusal::new(
@@ -32,7 +30,7 @@ pub async fn resolve(State(bal): State<Arc<Balancer>>, RawQuery(q): RawQuery) ->
         ));
     };
     let expires = rtc_serverkit::telemetry::now_ms() / 1000 + bal.cfg.token_ttl_secs;
-    let token = ticket::issue(&bal.secret, &client_id, node, ring.epoch, expires);
+    let token = ticket::issue(&bal.secret, client_id, node, ring.epoch, expires);
     bal.metrics.resolves.with_label_values(&["ok"]).inc();
     axum::Json(Resolved {
         node_id: node.to_string(),

@@ -91,6 +91,12 @@ async fn refusals_have_documented_statuses_and_codes() {
         ("clientId=a%01b", "bad_request"),
         ("clientId=a%22b", "quote or a backslash"),
         ("clientId=a%5Cb", "quote or a backslash"),
+        // Invalid UTF-8 is refused, never decoded lossily (zz%FF and zz%FE would both become
+        // "zz\u{FFFD}" and evict each other).
+        ("clientId=zz%FF", "not valid UTF-8"),
+        ("clientId=ab%FFcd", "not valid UTF-8"),
+        ("clientId=zz%FE", "not valid UTF-8"),
+        ("clientId=a&clientId=b", "given twice"),
     ] {
         let r = http_get(&gw.addr, &format!("/api/v1/resolve?{q}"))
             .await
@@ -152,6 +158,17 @@ async fn refusals_have_documented_statuses_and_codes() {
     )
     .await;
     assert_eq!((s, body.contains("resumeOffset")), (400, true), "{body}");
+    // The node decodes strictly too: a clientId that is not UTF-8 never reaches the token check.
+    let (s, _, body) = ws_status(
+        &gw.addr,
+        &format!("/ws/{node0}/connect?clientId=zz%FF&token={ok_token}"),
+    )
+    .await;
+    assert_eq!(
+        (s, body.contains("clientId is not valid UTF-8")),
+        (400, true),
+        "{body}"
+    );
 
     // In-protocol errors: bad frames get an error frame, oversized ones close with 1009,
     // binary frames with 1003.

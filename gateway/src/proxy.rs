@@ -247,8 +247,12 @@ async fn splice(
     first: Bytes,
     early: Bytes,
 ) {
+    // Frame boundaries both ways: node→client to stop at a boundary and see the node's close,
+    // client→node to see the client's close.
     let mut tracker = FrameTracker::default();
     tracker.feed(&first);
+    let mut from_client = FrameTracker::default();
+    from_client.feed(&early);
     let started = async {
         if !first.is_empty() {
             client.write_all(&first).await?;
@@ -262,18 +266,27 @@ async fn splice(
     if started.await.is_err() {
         return;
     }
-    let (code, reason, label) = match copy(gw, &mut client, &mut up, &mut tracker).await {
+    let end = copy(gw, &mut client, &mut up, &mut tracker, &mut from_client).await;
+    let (code, reason, label) = match end {
         End::GoingAway => (1001, "gateway shutting down", "closed_going_away"),
         End::ClientIdle => (1001, "idle timeout", "closed_idle"),
+        // The node ended its connection after a close frame either way: that is how a closing
+        // handshake ends (a node may also drop a client whose close frame was malformed), so
+        // nothing is added. Without any close frame the node's connection broke: 1011.
+        End::NodeGone if tracker.close_seen() || from_client.close_seen() => (0, "", "closed"),
         End::NodeGone => (1011, "node connection lost", "closed_node_lost"),
         End::ClientGone => return,
     };
-    if tracker.at_boundary() && !tracker.close_seen() {
+    if code != 0 && tracker.at_boundary() && !tracker.close_seen() {
         let _ = client.write_all(&tunnel::close_frame(code, reason)).await;
         let _ = client.flush().await;
-        gw.metrics.upgrades.with_label_values(&[label]).inc();
     }
+    gw.metrics.upgrades.with_label_values(&[label]).inc();
     let _ = up.shutdown().await;
+    if code == 0 || (tracker.close_seen() && from_client.close_seen()) {
+        // The closing handshake is over: the server's side (us, to the client) closes TCP first.
+        let _ = client.shutdown().await;
+    }
     // Wait briefly for the client's close, so ours is not lost to a reset.
     let mut sink = [0u8; 256];
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -291,6 +304,7 @@ async fn copy(
     client: &mut pingora::protocols::Stream,
     up: &mut TcpStream,
     tracker: &mut FrameTracker,
+    from_client: &mut FrameTracker,
 ) -> End {
     // Both live across iterations: re-creating a timer and a waiter per message costs more than
     // the copy itself.
@@ -311,6 +325,7 @@ async fn copy(
                 Ok(0) | Err(_) => return End::ClientGone,
                 Ok(n) => {
                     idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                    from_client.feed(&cbuf[..n]);
                     if up.write_all(&cbuf[..n]).await.is_err() {
                         return End::NodeGone;
                     }

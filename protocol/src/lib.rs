@@ -6,6 +6,7 @@
 pub mod client_frame;
 pub mod error;
 pub mod id;
+pub mod query;
 pub mod record;
 pub mod resolve;
 pub mod ring;

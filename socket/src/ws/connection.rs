@@ -109,7 +109,13 @@ pub(super) async fn run(
                         handle_frame(&node, &conn, &t, &mut rooms);
                     }
                     Some(Ok(Message::Binary(_))) => break Some(CloseReason { code: close::UNSUPPORTED, reason: "binary frames are not supported" }),
-                    Some(Ok(Message::Close(_))) | None => break None,
+                    Some(Ok(Message::Close(_))) => {
+                        // tungstenite queued the answering close frame (same code); send it,
+                        // then close TCP: after the closing handshake the server closes first.
+                        let _ = Box::pin(answer_close(&mut ws)).await;
+                        break None;
+                    }
+                    None => break None,
                     Some(Ok(_)) => {}
                     Some(Err(tokio_tungstenite::tungstenite::Error::Capacity(_))) => {
                         node.metrics.refused.with_label_values(&["message_too_big"]).inc();
@@ -139,9 +145,18 @@ pub(super) async fn run(
     }
 }
 
-/// Sends a close frame, then half-closes and discards whatever the client still sends until it
-/// closes too. Dropping a socket with unread bytes (say, the rest of an oversized message) makes
-/// the kernel send a reset, which can overtake the close frame.
+/// Answers a client's close: flushes the close frame tungstenite queued in reply, then closes
+/// TCP (RFC 6455 §7.1.1: once both close frames are exchanged, the server closes first).
+async fn answer_close(ws: &mut WebSocketStream<TcpStream>) {
+    use tokio::io::AsyncWriteExt;
+    let _ = tokio::time::timeout(Duration::from_secs(2), ws.flush()).await;
+    let _ = ws.get_mut().shutdown().await;
+}
+
+/// Sends a close frame and waits (bounded) for the client's close in answer, then closes TCP.
+/// If the client answers with something that is not a frame (say, the rest of an oversized
+/// message), the bytes are read and discarded until it closes: dropping a socket with unread
+/// bytes makes the kernel send a reset, which can overtake the close frame.
 async fn close_with(
     ws: &mut WebSocketStream<TcpStream>,
     reason: CloseReason,
@@ -152,8 +167,22 @@ async fn close_with(
         reason: Utf8Bytes::from_static(reason.reason),
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(Some(frame))).await;
+    let answered = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(_))) | None => return true,
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap_or(false);
     let tcp = ws.get_mut();
     let _ = tcp.shutdown().await;
+    if answered {
+        return Ok(());
+    }
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         // On the heap: a buffer in this future would sit in every connection's task.
         let mut sink = vec![0u8; 4096];

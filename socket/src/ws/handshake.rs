@@ -3,7 +3,7 @@
 //! here, and the upgrade headers. Each failure is one documented refusal.
 
 use crate::node::Node;
-use rtc_protocol::{slot::slot_of, ticket, validate_id, ErrorCode, Refusal};
+use rtc_protocol::{query, slot::slot_of, ticket, validate_id, ErrorCode, Refusal};
 
 /// An upgrade that passed every check.
 pub struct Admitted {
@@ -21,9 +21,8 @@ struct Params {
 }
 
 fn parse_query(q: Option<&str>) -> Result<Params, &'static str> {
-    let pairs: Vec<(String, String)> =
-        serde_urlencoded::from_str(q.unwrap_or("")).map_err(|_| "the query string is not valid")?;
-    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let pairs = query::parse(q.unwrap_or("")).map_err(|e| e.reason())?;
+    let get = |k: &str| query::get(&pairs, k).map(str::to_string);
     let client_id = get("clientId").ok_or("clientId is required")?;
     validate_id(&client_id).map_err(|e| e.client_id_reason())?;
     let token = get("token").unwrap_or_default();
