@@ -6,6 +6,7 @@
 #   kube.sh start DIR    certs, tokens, kubeconfig, start all three, wait ready
 #   kube.sh stop DIR     stop all three (TERM, bounded wait, KILL)
 #   kube.sh status DIR   show pids / liveness
+#   kube.sh prune        drop GOCACHE + GOMODCACHE (~4 GiB), keep the binaries
 #   kube.sh version      print the pinned Kubernetes version
 #
 # After `start DIR`: DIR/kubeconfig (admin, system:masters), DIR/env (ports,
@@ -210,6 +211,7 @@ EOF
   launch kube-apiserver "$BIN/kube-apiserver" \
     --etcd-servers="$etcd_url" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
+    --endpoint-reconciler-type=none \
     --tls-cert-file="$DIR/pki/apiserver.crt" --tls-private-key-file="$DIR/pki/apiserver.key" \
     --client-ca-file="$DIR/pki/ca.crt" \
     --token-auth-file="$DIR/tokens.csv" \
@@ -234,7 +236,6 @@ EOF
   # shellcheck disable=SC2086
   launch kube-controller-manager "$BIN/kube-controller-manager" \
     --kubeconfig="$DIR/kcm.kubeconfig" \
-    --authentication-kubeconfig="$DIR/kcm.kubeconfig" --authorization-kubeconfig="$DIR/kcm.kubeconfig" \
     --bind-address=127.0.0.1 --secure-port="$kcm_port" \
     --leader-elect=false \
     --controllers='*' \
@@ -297,11 +298,18 @@ cmd_status() {
   return $rc
 }
 
+cmd_prune() {
+  [ -d "$CACHE/gomod" ] && chmod -R u+w "$CACHE/gomod"
+  rm -rf "$CACHE/gomod" "$CACHE/gocache" "$CACHE/gopath"
+  du -sh "$CACHE" >&2
+}
+
 case "${1:-}" in
   install) cmd_install ;;
   start) DIR="${2:-}"; cmd_start ;;
   stop) DIR="${2:-}"; cmd_stop ;;
   status) DIR="${2:-}"; cmd_status ;;
+  prune) cmd_prune ;;
   version) echo "$KUBE_VERSION" ;;
-  *) echo "usage: $0 {install|start DIR|stop DIR|status DIR|version}" >&2; exit 2 ;;
+  *) echo "usage: $0 {install|start DIR|stop DIR|status DIR|prune|version}" >&2; exit 2 ;;
 esac
