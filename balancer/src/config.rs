@@ -33,6 +33,10 @@ pub struct Config {
     /// How often the ring is recomputed from heartbeats, milliseconds.
     #[arg(long, env = "RING_INTERVAL_MS", default_value_t = 1000)]
     pub ring_interval_ms: u64,
+    /// After Redis lost its data (restart, flush, failover), how long the ring and the live set
+    /// are held while nodes heartbeat again, seconds.
+    #[arg(long, env = "REDIS_LOSS_GRACE_SECS", default_value_t = 6)]
+    pub redis_loss_grace_secs: u64,
     /// Most slots moved per interval for load reasons (dead or draining nodes' slots move at once).
     #[arg(long, env = "MAX_MOVES_PER_INTERVAL", default_value_t = 16)]
     pub max_moves_per_interval: usize,

@@ -75,6 +75,9 @@ pub async fn run(
         cpu: cfg.cpu_per_pod,
     };
     let mut weights = Weights::default();
+    let mut continuity = rtc_serverkit::continuity::Continuity::new(Duration::from_secs(
+        cfg.redis_loss_grace_secs,
+    ));
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.ring_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -82,13 +85,25 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let heartbeats = match store::heartbeats(&mut redis).await {
-            Ok(h) => h,
+        let read = async {
+            let generation = rtc_serverkit::continuity::generation(&mut redis).await?;
+            Ok::<_, redis::RedisError>((generation, store::heartbeats(&mut redis).await?))
+        };
+        let (generation, heartbeats) = match read.await {
+            Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read heartbeats; keeping the current ring");
                 continue;
             }
         };
+        if continuity.observe(generation, std::time::Instant::now()) {
+            // Redis lost its data, not its nodes: keep the ring and the live set (resolve keeps
+            // answering) and put the mirror back, while the nodes heartbeat again.
+            if let Err(e) = store::put_ring(&mut redis, &bal.ring()).await {
+                tracing::debug!(error = %e, "ring mirror not restored yet");
+            }
+            continue;
+        }
         bal.set_nodes(&heartbeats);
         let current = bal.ring();
         let Some((ring, p)) = next_ring(

@@ -32,6 +32,10 @@ pub struct Config {
     /// How often discovery refreshes the route table, milliseconds.
     #[arg(long, env = "DISCOVERY_INTERVAL_MS", default_value_t = 1000)]
     pub discovery_interval_ms: u64,
+    /// After Redis lost its data (restart, flush, failover), how long routes that vanished with
+    /// it are kept while nodes heartbeat again, seconds (local discovery).
+    #[arg(long, env = "REDIS_LOSS_GRACE_SECS", default_value_t = 6)]
+    pub redis_loss_grace_secs: u64,
     /// A proxied WebSocket silent this long in both directions is closed, seconds.
     #[arg(long, env = "WS_IDLE_TIMEOUT_SECS", default_value_t = 4 * 3600)]
     pub ws_idle_timeout_secs: u64,

@@ -15,16 +15,27 @@ pub trait Discovery: Send + Sync {
 
 /// Socket nodes from their Redis heartbeats: address as advertised, ready unless draining or
 /// unready. A node whose heartbeat expired disappears.
+/// After Redis lost its data, routes that vanished with it are kept for a grace period.
 pub struct Local {
     url: String,
-    conn: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+    state: tokio::sync::Mutex<LocalState>,
+}
+
+struct LocalState {
+    conn: Option<redis::aio::ConnectionManager>,
+    continuity: rtc_serverkit::continuity::Continuity,
+    last: HashMap<String, Route>,
 }
 
 impl Local {
-    pub fn new(url: &str) -> Self {
+    pub fn new(url: &str, redis_loss_grace: Duration) -> Self {
         Local {
             url: url.to_string(),
-            conn: tokio::sync::Mutex::new(None),
+            state: tokio::sync::Mutex::new(LocalState {
+                conn: None,
+                continuity: rtc_serverkit::continuity::Continuity::new(redis_loss_grace),
+                last: HashMap::new(),
+            }),
         }
     }
 }
@@ -32,13 +43,14 @@ impl Local {
 #[async_trait]
 impl Discovery for Local {
     async fn routes(&self) -> anyhow::Result<HashMap<String, Route>> {
-        let mut guard = self.conn.lock().await;
-        if guard.is_none() {
-            *guard = Some(rtc_serverkit::store::connect(&self.url).await?);
+        let mut st = self.state.lock().await;
+        if st.conn.is_none() {
+            st.conn = Some(rtc_serverkit::store::connect(&self.url).await?);
         }
-        let conn = guard.as_mut().expect("connected above");
+        let conn = st.conn.as_mut().expect("connected above");
+        let generation = rtc_serverkit::continuity::generation(conn).await?;
         let hbs = rtc_serverkit::store::heartbeats(conn).await?;
-        Ok(hbs
+        let mut table: HashMap<String, Route> = hbs
             .into_iter()
             .filter_map(|h| {
                 // Never route to something that is not an IP:port we were told about.
@@ -51,7 +63,16 @@ impl Discovery for Local {
                     },
                 ))
             })
-            .collect())
+            .collect();
+        if st.continuity.observe(generation, std::time::Instant::now()) {
+            // Redis lost its data: heartbeats vanished without any node dying. Keep the routes
+            // they carried until the nodes have written them again.
+            for (node, route) in &st.last {
+                table.entry(node.clone()).or_insert_with(|| route.clone());
+            }
+        }
+        st.last = table.clone();
+        Ok(table)
     }
 }
 

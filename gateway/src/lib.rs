@@ -200,7 +200,10 @@ pub fn build(cfg: Config, trigger: Trigger) -> anyhow::Result<Built> {
     let disc = background_service(
         "discovery",
         DiscoveryService {
-            discovery: Arc::new(discovery::Local::new(&gw.cfg.redis_url)),
+            discovery: Arc::new(discovery::Local::new(
+                &gw.cfg.redis_url,
+                Duration::from_secs(gw.cfg.redis_loss_grace_secs),
+            )),
             routes: gw.routes.clone(),
             interval: Duration::from_millis(gw.cfg.discovery_interval_ms),
         },

@@ -27,6 +27,10 @@ pub mod redis {
     pub const RING_KEY: &str = "rtc:ring";
     /// Prefix of session hashes: `rtc:session:<clientId>`.
     pub const SESSION_PREFIX: &str = "rtc:session:";
+    /// A random number written once (when missing) and never expiring: if it vanishes or
+    /// changes, Redis lost its data (a restart without persistence, a flush, a failover to an
+    /// empty replica) and heartbeats vanished all at once without any node dying.
+    pub const GENERATION_KEY: &str = "rtc:generation";
 }
 
 /// The value of a record on `rtc.deliver` (key = recipient) or `rtc.rooms` (key = room).

@@ -3,6 +3,7 @@
 //! HTTP accept loop. Pure logic lives in `rtc-protocol`; nothing here is linked by clients.
 
 pub mod config;
+pub mod continuity;
 pub mod http;
 pub mod kafka;
 pub mod store;
