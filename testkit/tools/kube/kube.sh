@@ -138,10 +138,16 @@ EOF
 }
 
 alive() { # pidfile -> 0 if its process is alive and belongs to DIR
-  local pf="$1" pid
+  local pf="$1" pid i
   [ -f "$pf" ] || return 1
   pid="$(cat "$pf")"
-  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$DIR"
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  # /proc/PID/cmdline reads empty while the process is inside execve (and for zombies): retry.
+  for i in 1 2 3 4 5; do
+    tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$DIR" && return 0
+    sleep 0.05
+  done
+  return 1
 }
 
 launch() { # name cmd...
@@ -212,6 +218,7 @@ EOF
     --etcd-servers="$etcd_url" \
     --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$api_port" \
     --endpoint-reconciler-type=none \
+    --shutdown-watch-termination-grace-period=2s \
     --tls-cert-file="$DIR/pki/apiserver.crt" --tls-private-key-file="$DIR/pki/apiserver.key" \
     --client-ca-file="$DIR/pki/ca.crt" \
     --token-auth-file="$DIR/tokens.csv" \

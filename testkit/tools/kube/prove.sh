@@ -96,7 +96,8 @@ k annotate pod "${P[1]}" controller.kubernetes.io/pod-deletion-cost=-100 --overw
 k annotate pod "${P[2]}" controller.kubernetes.io/pod-deletion-cost=100 --overwrite >/dev/null
 echo "costs: $RUN(bound,Running,Ready)=-1000 ${P[1]}(unbound,Pending)=-100 ${P[2]}(unbound,Pending)=100"
 watch_start() {
-  k get pods -l app=web -w --output-watch-events \
+  # kubectl itself in the background (not the k() function: $! would be a subshell and kill would orphan kubectl)
+  kubectl --kubeconfig "$DIR/kubeconfig" -n "$NS" get pods -l app=web -w --output-watch-events \
     -o custom-columns='EVENT:.type,POD:.object.metadata.name,PHASE:.object.status.phase,NODE:.object.spec.nodeName,DELETION:.object.metadata.deletionTimestamp,GRACE:.object.metadata.deletionGracePeriodSeconds' \
     >"$DIR/prove-watch-$1.txt" 2>&1 &
   WPID=$!; sleep 1
