@@ -33,6 +33,10 @@ pub struct Config {
     /// How often the ring is recomputed from heartbeats, milliseconds.
     #[arg(long, env = "RING_INTERVAL_MS", default_value_t = 1000)]
     pub ring_interval_ms: u64,
+    /// Timeout of the connection probe sent to every node each ring interval, milliseconds
+    /// (refused: dead at once; three timeouts in a row: dead).
+    #[arg(long, env = "NODE_PROBE_TIMEOUT_MS", default_value_t = 500)]
+    pub node_probe_timeout_ms: u64,
     /// After Redis lost its data (restart, flush, failover), how long the ring and the live set
     /// are held while nodes heartbeat again, seconds.
     #[arg(long, env = "REDIS_LOSS_GRACE_SECS", default_value_t = 6)]

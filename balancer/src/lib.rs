@@ -2,6 +2,7 @@
 //! balancer is the only ring writer (the local stack); Kubernetes leader election comes later.
 
 pub mod config;
+pub mod liveness;
 pub mod resolve;
 pub mod ring;
 pub mod weights;

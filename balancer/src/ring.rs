@@ -60,6 +60,31 @@ pub async fn publish(producer: &FutureProducer, ring: &Ring) -> anyhow::Result<(
     Ok(())
 }
 
+/// Probes every heartbeating node and leaves out the dead ones (see `liveness`): their slots
+/// move at once instead of a heartbeat TTL later.
+async fn without_dead(
+    liveness: &mut crate::liveness::Liveness,
+    heartbeats: Vec<Heartbeat>,
+    timeout: Duration,
+) -> Vec<Heartbeat> {
+    let probes = futures_util::future::join_all(
+        heartbeats
+            .iter()
+            .map(|h| crate::liveness::probe(&h.addr, timeout)),
+    )
+    .await;
+    liveness.retain(|n| heartbeats.iter().any(|h| h.node_id == n));
+    for (h, p) in heartbeats.iter().zip(probes) {
+        if liveness.observe(&h.node_id, p, h.ts_ms) {
+            tracing::warn!(node = %h.node_id, addr = %h.addr, probe = ?p, "node is dead; moving its slots");
+        }
+    }
+    heartbeats
+        .into_iter()
+        .filter(|h| !liveness.is_dead(&h.node_id))
+        .collect()
+}
+
 /// Recomputes the ring every interval until `cancel`.
 pub async fn run(
     bal: Arc<Balancer>,
@@ -75,9 +100,10 @@ pub async fn run(
         cpu: cfg.cpu_per_pod,
     };
     let mut weights = Weights::default();
-    let mut continuity = rtc_serverkit::continuity::Continuity::new(Duration::from_secs(
-        cfg.redis_loss_grace_secs,
-    ));
+    let mut liveness = crate::liveness::Liveness::default();
+    let probe_timeout = Duration::from_millis(cfg.node_probe_timeout_ms);
+    let mut continuity =
+        rtc_serverkit::continuity::Continuity::new(Duration::from_secs(cfg.redis_loss_grace_secs));
     let mut tick = tokio::time::interval(Duration::from_millis(cfg.ring_interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -104,6 +130,7 @@ pub async fn run(
             }
             continue;
         }
+        let heartbeats = without_dead(&mut liveness, heartbeats, probe_timeout).await;
         bal.set_nodes(&heartbeats);
         let current = bal.ring();
         let Some((ring, p)) = next_ring(

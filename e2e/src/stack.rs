@@ -109,6 +109,47 @@ impl Stack {
         self.nodes.len() - 1
     }
 
+    /// Starts a socket node as a separate `rtc-socket` process (so a test can kill it with
+    /// SIGKILL), configured like the in-process ones; waits until it serves slots of the ring.
+    pub async fn spawn_process_node(&mut self, id: &str) -> rtc_testkit::proc::Owned {
+        let addr = format!("127.0.0.1:{}", rtc_testkit::free_port());
+        let child = std::process::Command::new(crate::workspace_bin("rtc-socket"))
+            .envs([
+                ("NODE_ID", id.to_string()),
+                ("LISTEN_ADDR", addr.clone()),
+                ("KAFKA_BOOTSTRAP", self.kafka.bootstrap.clone()),
+                ("REDIS_URL", self.redis.url.clone()),
+                ("SLOTS", SLOTS.to_string()),
+                ("HEARTBEAT_INTERVAL_MS", "200".into()),
+                ("HEARTBEAT_TTL_SECS", "10".into()),
+                ("MOVE_JITTER_MS", "200".into()),
+                ("MOVE_PACE_SECS", "1".into()),
+                ("RUST_LOG", "warn".into()),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("rtc-socket starts");
+        let child = rtc_testkit::proc::Owned(child);
+        self.addrs
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), addr.clone());
+        let bal = self.bal.clone();
+        let id = id.to_string();
+        rtc_testkit::wait_for("the process node to serve", Duration::from_secs(60), || {
+            let (bal, id, addr) = (bal.clone(), id.clone(), addr.clone());
+            async move {
+                !bal.ring().slots_of(&id).is_empty()
+                    && rtc_client::http::get(&addr, "/readyz")
+                        .await
+                        .is_ok_and(|r| r.status == 200)
+            }
+        })
+        .await
+        .expect("the process node serves");
+        child
+    }
+
     /// Stops node `i` cleanly (as SIGTERM would).
     pub async fn stop_node(&mut self, i: usize) {
         let h = &mut self.nodes[i];

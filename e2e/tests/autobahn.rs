@@ -56,7 +56,9 @@ async fn autobahn_fuzzingclient_through_the_gateway() {
     let echo_addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(echo(listener));
     // Registered like a socket node: the gateway learns it from its heartbeat.
-    let mut redis = rtc_serverkit::store::connect(&stack.redis.url).await.unwrap();
+    let mut redis = rtc_serverkit::store::connect(&stack.redis.url)
+        .await
+        .unwrap();
     let hb = Heartbeat {
         node_id: "echo".into(),
         addr: echo_addr.clone(),
@@ -76,13 +78,14 @@ async fn autobahn_fuzzingclient_through_the_gateway() {
         .unwrap();
     let gw = GatewayHandle::start(&stack, |_| {}).await;
     let routes = gw.gw.routes.clone();
-    rtc_testkit::wait_for("the gateway to route to the echo", Duration::from_secs(20), || {
-        let ready = matches!(
-            routes.lookup("echo"),
-            rtc_gateway::route::Lookup::Ready(_)
-        );
-        async move { ready }
-    })
+    rtc_testkit::wait_for(
+        "the gateway to route to the echo",
+        Duration::from_secs(20),
+        || {
+            let ready = matches!(routes.lookup("echo"), rtc_gateway::route::Lookup::Ready(_));
+            async move { ready }
+        },
+    )
     .await
     .unwrap();
 

@@ -25,7 +25,10 @@ async fn client_closes(c: &mut Connection, code: u16) -> ((u16, String), Duratio
     .await
     .unwrap();
     let answer = loop {
-        match tokio::time::timeout(T, c.ws.next()).await.expect("an answer") {
+        match tokio::time::timeout(T, c.ws.next())
+            .await
+            .expect("an answer")
+        {
             Some(Ok(Message::Close(f))) => {
                 break f.map_or((1005, String::new()), |f| {
                     (u16::from(f.code), f.reason.to_string())
@@ -36,7 +39,9 @@ async fn client_closes(c: &mut Connection, code: u16) -> ((u16, String), Duratio
         }
     };
     let at = Instant::now();
-    let end = tokio::time::timeout(T, c.ws.next()).await.expect("TCP ends");
+    let end = tokio::time::timeout(T, c.ws.next())
+        .await
+        .expect("TCP ends");
     assert!(
         matches!(end, None | Some(Err(_))),
         "nothing after the close: {end:?}"
@@ -57,14 +62,20 @@ async fn a_client_close_is_answered_by_the_node_and_the_gateway() {
             let id = format!("closer-{path}-{code}");
             let mut c = Connection::connect(&ep, &id, None, T).await.unwrap();
             let ((got, _), lingered) = client_closes(&mut c, code).await;
-            assert_eq!(got, code, "{path}: the close is answered with the same code");
+            assert_eq!(
+                got, code,
+                "{path}: the close is answered with the same code"
+            );
             assert!(
                 lingered < PROMPT,
                 "{path}: TCP stayed open {lingered:?} after the closing handshake"
             );
         }
     }
-    let metrics = rtc_client::http::get(&gw.admin, "/metrics").await.unwrap().body;
+    let metrics = rtc_client::http::get(&gw.admin, "/metrics")
+        .await
+        .unwrap()
+        .body;
     assert!(
         !metrics.contains("result=\"closed_node_lost\""),
         "a normal close is not a lost node connection: {metrics}"
@@ -87,7 +98,10 @@ async fn a_server_close_reaches_the_client_unchanged_and_tcp_ends_after_its_answ
         let mut first = Connection::connect(&ep, &id, None, T).await.unwrap();
         let _second = Connection::connect(&ep, &id, None, T).await.unwrap();
         let frame = loop {
-            match tokio::time::timeout(T, first.ws.next()).await.expect("a close") {
+            match tokio::time::timeout(T, first.ws.next())
+                .await
+                .expect("a close")
+            {
                 Some(Ok(Message::Close(f))) => break f.expect("a close code"),
                 Some(Ok(_)) => continue,
                 other => panic!("{path}: no close frame: {other:?}"),
@@ -100,7 +114,9 @@ async fn a_server_close_reaches_the_client_unchanged_and_tcp_ends_after_its_answ
         );
         // tungstenite answered the close when it read it; the server then ends TCP.
         let at = Instant::now();
-        let end = tokio::time::timeout(T, first.ws.next()).await.expect("TCP ends");
+        let end = tokio::time::timeout(T, first.ws.next())
+            .await
+            .expect("TCP ends");
         assert!(matches!(end, None | Some(Err(_))), "{path}: {end:?}");
         assert!(
             at.elapsed() < PROMPT,

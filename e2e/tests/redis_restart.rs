@@ -47,8 +47,13 @@ async fn a_redis_restart_moves_no_client_and_refuses_none() {
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // First a flush (connections stay, the data goes), later a restart (both go).
-    let mut admin = rtc_serverkit::store::connect(&stack.redis.url).await.unwrap();
-    let _: () = redis::cmd("FLUSHALL").query_async(&mut admin).await.unwrap();
+    let mut admin = rtc_serverkit::store::connect(&stack.redis.url)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     let flushed_at = Instant::now();
     let mut restarted = false;
     // New clients keep arriving through both and the grace that follows them.

@@ -148,6 +148,9 @@ impl Proxy {
             Ok(x) => x,
             Err(e) => {
                 tracing::debug!(node, error = %e, "upstream handshake failed");
+                if e.kind() == std::io::ErrorKind::ConnectionRefused {
+                    gw.routes.mark_down(node, addr);
+                }
                 gw.metrics
                     .upgrades
                     .with_label_values(&["upstream_error"])
