@@ -1,6 +1,7 @@
 //! rtc-local: the whole system on one machine — Redis, Kafka (embedded mock cluster, or the
 //! broker in KAFKA_BOOTSTRAP), one balancer, N socket nodes and the gateway, each a child process
-//! with its log lines prefixed. Ctrl-C stops everything, children first.
+//! with its log lines prefixed. Ctrl-C stops everything, children first; a child that exits on
+//! its own stops the stack too, and rtc-local then exits non-zero saying which one.
 
 use anyhow::Context;
 use clap::Parser;
@@ -119,12 +120,15 @@ async fn main() -> anyhow::Result<()> {
         v
     };
     let balancer = format!("127.0.0.1:{}", args.balancer_port);
-    let mut children = vec![spawn(
-        "balancer",
-        COLORS[0],
-        "rtc-balancer",
-        &shared(vec![("LISTEN_ADDR", balancer.clone())]),
-    )?];
+    let mut children = vec![(
+        "balancer".to_string(),
+        spawn(
+            "balancer",
+            COLORS[0],
+            "rtc-balancer",
+            &shared(vec![("LISTEN_ADDR", balancer.clone())]),
+        )?,
+    )];
     for i in 0..args.nodes {
         let listen = format!("127.0.0.1:{}", args.socket_base_port + i as u16);
         let env = shared(vec![
@@ -132,16 +136,13 @@ async fn main() -> anyhow::Result<()> {
             ("LISTEN_ADDR", listen),
             ("DRAIN_DURATION", "30".into()),
         ]);
-        children.push(spawn(
-            &format!("socket-{i}"),
-            COLORS[(i + 1) % COLORS.len()],
-            "rtc-socket",
-            &env,
-        )?);
+        let name = format!("socket-{i}");
+        let child = spawn(&name, COLORS[(i + 1) % COLORS.len()], "rtc-socket", &env)?;
+        children.push((name, child));
     }
     let gateway = format!("127.0.0.1:{}", args.gateway_port);
     let admin = format!("127.0.0.1:{}", args.admin_port);
-    children.push(spawn(
+    let gw = spawn(
         "gateway",
         COLORS[5],
         "rtc-gateway",
@@ -152,7 +153,8 @@ async fn main() -> anyhow::Result<()> {
             ("REDIS_URL", redis_url.clone()),
             ("SHUTDOWN_DELAY_SECS", "0".into()),
         ],
-    )?);
+    )?;
+    children.push(("gateway".to_string(), gw));
 
     let nodes = args.nodes;
     let probe = async {
@@ -180,20 +182,40 @@ async fn main() -> anyhow::Result<()> {
         },
         _ = cancel.cancelled() => {}
     }
-    cancel.cancelled().await;
+    // A child that exits on its own (a crash, a bad setting) stops the whole stack, so it never
+    // looks healthy with a part missing.
+    let mut died: Option<String> = None;
+    let mut check = tokio::time::interval(Duration::from_millis(500));
+    while died.is_none() {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = check.tick() => {
+                for (name, c) in children.iter_mut() {
+                    if let Ok(Some(status)) = c.0.try_wait() {
+                        eprintln!("rtc-local: {name} exited ({status}); stopping the stack");
+                        died = Some(format!("{name} exited ({status})"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
     println!("stopping…");
     // Gateway first (closes client sockets), then nodes, then the balancer; Kafka and Redis last.
-    for c in children.iter().rev() {
+    for (_, c) in children.iter().rev() {
         c.signal(15);
     }
-    for mut c in children.into_iter().rev() {
+    for (_, mut c) in children.into_iter().rev() {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         while std::time::Instant::now() < deadline && matches!(c.0.try_wait(), Ok(None)) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         drop(c);
     }
-    Ok(())
+    match died {
+        Some(why) => anyhow::bail!("the stack stopped because {why}"),
+        None => Ok(()),
+    }
 }
 
 /// Number of entries in a JSON object, if `s` is one.
