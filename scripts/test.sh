@@ -34,8 +34,8 @@ cargo fmt --all -- --check
 # The end-to-end tests start the real binaries (rtc-loadtest) from target/debug.
 cargo build --workspace --bins --quiet
 echo "== all tests, Kafka = embedded mock cluster"
-RTC_TEST_KAFKA=mock cargo test --workspace --no-fail-fast -- --skip autobahn
+RTC_TEST_KAFKA=mock cargo test --workspace --no-fail-fast -- --skip autobahn --skip real_broker
 echo "== Autobahn|Testsuite through the gateway (summary below)"
 RTC_TEST_KAFKA=mock cargo test -p rtc-e2e --test autobahn -- --nocapture
 echo "== Kafka integration tests, Kafka = Apache Kafka $(testkit/tools/kafka/kafka.sh version)"
-RTC_TEST_KAFKA=broker cargo test -p rtc-e2e --test data_path --test drain --no-fail-fast
+RTC_TEST_KAFKA=broker cargo test -p rtc-e2e --test data_path --test drain --test real_broker_outage --no-fail-fast

@@ -45,9 +45,18 @@ impl Stack {
         nodes: usize,
         tweak: impl Fn(&mut rtc_socket::config::Config) + Send + Sync + 'static,
     ) -> Stack {
+        let kafka = Kafka::from_env(SLOTS).await.expect("kafka starts");
+        Self::start_on(kafka, nodes, tweak).await
+    }
+
+    /// [`Stack::start`] on the given Kafka (a test that needs the real broker).
+    pub async fn start_on(
+        kafka: Kafka,
+        nodes: usize,
+        tweak: impl Fn(&mut rtc_socket::config::Config) + Send + Sync + 'static,
+    ) -> Stack {
         init_logs();
         let redis = RedisServer::start().await.expect("redis starts");
-        let kafka = Kafka::from_env(SLOTS).await.expect("kafka starts");
         let mut bcfg = rtc_balancer::config::Config::for_tests(&kafka.bootstrap, &redis.url);
         bcfg.shared.slots = SLOTS;
         // Every node of an in-process stack shares one process (and, in the test suite, the

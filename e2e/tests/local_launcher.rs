@@ -23,8 +23,10 @@ fn cmdline(pid: u32) -> String {
 
 fn alive(pid: u32) -> bool {
     // A zombie still has a /proc entry; it is dead for our purpose.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
 }
 
 #[test]
@@ -59,7 +61,10 @@ fn a_child_that_dies_stops_the_stack_and_is_reported() {
     }
     let mut seen = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while !seen.iter().any(|l: &String| l.contains("Reactive RTC is up")) {
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("Reactive RTC is up"))
+    {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
             Ok(l) => seen.push(l),

@@ -44,7 +44,9 @@ pub fn parse(query: &str) -> Result<Vec<(String, String)>, QueryError> {
 
 fn decode(s: &str) -> Result<String, std::str::Utf8Error> {
     let plus = s.replace('+', " ");
-    percent_decode_str(&plus).decode_utf8().map(|c| c.into_owned())
+    percent_decode_str(&plus)
+        .decode_utf8()
+        .map(|c| c.into_owned())
 }
 
 /// The value of `name` in decoded `pairs`.
@@ -70,7 +72,12 @@ mod tests {
 
     #[test]
     fn invalid_utf8_is_refused_not_replaced() {
-        for bad in ["clientId=zz%FF", "clientId=zz%FE", "clientId=ab%FFcd", "clientId=%C3"] {
+        for bad in [
+            "clientId=zz%FF",
+            "clientId=zz%FE",
+            "clientId=ab%FFcd",
+            "clientId=%C3",
+        ] {
             assert_eq!(
                 parse(bad),
                 Err(QueryError::NotUtf8("clientId".into())),

@@ -63,7 +63,10 @@ mod tests {
         let mut c = Continuity::new(Duration::from_secs(5));
         assert!(!c.observe(7, t0), "the first generation is the baseline");
         assert!(!c.observe(7, t0 + Duration::from_secs(1)));
-        assert!(c.observe(9, t0 + Duration::from_secs(2)), "a new generation holds");
+        assert!(
+            c.observe(9, t0 + Duration::from_secs(2)),
+            "a new generation holds"
+        );
         assert!(c.observe(9, t0 + Duration::from_secs(6)));
         assert!(!c.observe(9, t0 + Duration::from_secs(7)), "the grace ends");
     }

@@ -141,6 +141,33 @@ impl Kafka {
         Ok(kafka)
     }
 
+    /// Stops the real broker (SIGTERM, as an orderly broker restart does); its data stays.
+    pub async fn stop_broker(&self) -> anyhow::Result<()> {
+        let Inner::Broker { dir } = &self.inner else {
+            anyhow::bail!("only the real broker can be stopped");
+        };
+        let d = dir.display().to_string();
+        tokio::task::spawn_blocking(move || broker_cmd(&["stop", &d])).await??;
+        Ok(())
+    }
+
+    /// Starts the stopped real broker again, on the same port with the same data.
+    pub async fn start_broker(&self) -> anyhow::Result<()> {
+        let Inner::Broker { dir } = &self.inner else {
+            anyhow::bail!("only the real broker can be started");
+        };
+        let (d, port) = (
+            dir.display().to_string(),
+            self.bootstrap
+                .rsplit(':')
+                .next()
+                .unwrap_or_default()
+                .to_string(),
+        );
+        tokio::task::spawn_blocking(move || broker_cmd(&["start", &d, &port])).await??;
+        Ok(())
+    }
+
     /// The broker's pid (the real broker only).
     fn broker_pid(&self) -> Option<i32> {
         match &self.inner {
