@@ -48,6 +48,19 @@ pub struct Config {
     /// Age after which history is dropped, seconds.
     #[arg(long, env = "HISTORY_MAX_AGE_SECS", default_value_t = 300)]
     pub history_max_age_secs: u64,
+    /// A resume older than the history reads the partition back from Kafka: at most this many
+    /// of the client's messages (more: `recovered:false` and the history only).
+    #[arg(long, env = "READBACK_MAX_MESSAGES", default_value_t = 10_000)]
+    pub readback_max_messages: usize,
+    /// … scanning at most this many records of the slot's partition.
+    #[arg(long, env = "READBACK_MAX_RECORDS", default_value_t = 500_000)]
+    pub readback_max_records: usize,
+    /// … within this many milliseconds.
+    #[arg(long, env = "READBACK_TIMEOUT_MS", default_value_t = 10_000)]
+    pub readback_timeout_ms: u64,
+    /// Read-backs running at once on a node (more wait their turn).
+    #[arg(long, env = "READBACK_CONCURRENCY", default_value_t = 4)]
+    pub readback_concurrency: usize,
     /// Time over which a drain moves all clients, seconds.
     #[arg(long, env = "DRAIN_DURATION", default_value_t = 300)]
     pub drain_duration_secs: u64,

@@ -9,6 +9,7 @@ pub mod history;
 pub mod metrics;
 pub mod node;
 pub mod producer;
+pub mod readback;
 pub mod relay;
 pub mod rooms;
 pub mod session;

@@ -53,6 +53,8 @@ pub struct Node {
     pub cancel: CancellationToken,
     /// Every connection task, so shutdown can wait for their close frames.
     pub connections_tracker: TaskTracker,
+    /// Turns for reading a partition back from Kafka (READBACK_CONCURRENCY).
+    pub readbacks: tokio::sync::Semaphore,
     producer: Producer,
     pub sessions: tokio::sync::mpsc::Sender<crate::session::SessionEvent>,
 }
@@ -89,6 +91,7 @@ impl Node {
             delivered_window: AtomicU64::new(0),
             cancel,
             connections_tracker: TaskTracker::new(),
+            readbacks: tokio::sync::Semaphore::new(cfg.readback_concurrency.max(1)),
             producer,
             sessions,
             cfg,
@@ -257,13 +260,25 @@ impl Node {
         Ok(())
     }
 
+    /// The offsets `[from, until)` to read back from Kafka for a resume from `resume`: set when
+    /// the resume point is older than the slot's history (which starts at `until`).
+    pub fn readback_range(&self, slot: u32, resume: Option<i64>) -> Option<(i64, i64)> {
+        let r = resume?;
+        let s = self.slot(slot);
+        let floor = s.history.floor()?;
+        (r + 1 < floor).then_some((r + 1, floor))
+    }
+
     /// Makes `conn` the member for its clientId in `slot`: queues the welcome and the replay of
-    /// everything after `resume`, atomically with live delivery (see the module comment).
+    /// everything after `resume` — records read back from Kafka first (`readback`, when the
+    /// history does not reach that far), then the history — atomically with live delivery (see
+    /// the module comment). A message held twice (read back and in the history) goes once.
     pub fn register(
         &self,
         conn: &Arc<Conn>,
         slot: u32,
         resume: Option<i64>,
+        readback: Option<crate::readback::ReadBack>,
     ) -> Result<(), CloseReason> {
         let moved = CloseReason {
             code: close::MOVED,
@@ -275,9 +290,15 @@ impl Node {
             return Err(moved);
         }
         let last = s.history.last_offset();
-        let (recovered, from) = match resume {
-            Some(r) => (s.history.covers(r), r),
-            None => (true, last),
+        let (recovered, from, back) = match resume {
+            // The read-back reaches the history if the history did not move on meanwhile.
+            Some(r) => match readback {
+                Some(rb) if rb.last >= r && s.history.covers(rb.last) => {
+                    (true, rb.last, rb.records)
+                }
+                _ => (s.history.covers(r), r, Vec::new()),
+            },
+            None => (true, last, Vec::new()),
         };
         let welcome = ServerFrame::Welcome {
             node: self.id.as_str().into(),
@@ -288,9 +309,23 @@ impl Node {
         }
         .to_json();
         conn.push_unbounded(Utf8Bytes::from(welcome));
+        let mut seen = std::collections::HashSet::with_capacity(back.len());
+        if !back.is_empty() {
+            self.metrics
+                .messages
+                .with_label_values(&["read_back"])
+                .inc_by(back.len() as u64);
+        }
+        for (_, frame, key) in back {
+            if seen.insert(key) {
+                conn.push_unbounded(frame);
+            }
+        }
         let mut delivered = from;
         for e in s.history.after(&conn.client_id, from) {
-            conn.push_unbounded(e.frame.clone());
+            if !seen.contains(&e.key) {
+                conn.push_unbounded(e.frame.clone());
+            }
             delivered = e.offset;
         }
         match s.insert(&conn.client_id, conn.clone(), delivered) {

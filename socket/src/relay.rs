@@ -75,7 +75,7 @@ fn record_ms(m: &impl Message) -> u64 {
 
 /// Builds the `msg` frame of a record, or None for a record that is not ours to parse; with the
 /// message's identity for `recipient` (see `history::message_key`).
-fn frame_of(
+pub(crate) fn frame_of(
     payload: Option<&[u8]>,
     offset: Option<i64>,
     recipient: &str,

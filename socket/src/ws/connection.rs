@@ -52,7 +52,20 @@ pub(super) async fn run(
 ) {
     let conn = Arc::new(Conn::new(&client_id, node.cfg.send_queue_bytes));
     drop(client_id);
-    if let Err(reason) = node.register(&conn, slot, resume) {
+    // A resume older than the history reads the partition back first, in this task only.
+    let readback = match node.readback_range(slot, resume) {
+        Some((from, until)) => Box::pin(crate::readback::read(
+            &node,
+            slot,
+            &conn.client_id,
+            from,
+            until,
+        ))
+        .await
+        .ok(),
+        None => None,
+    };
+    if let Err(reason) = node.register(&conn, slot, resume, readback) {
         let _ = Box::pin(close_with(&mut ws, reason)).await;
         return;
     }
