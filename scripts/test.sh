@@ -2,6 +2,7 @@
 # The full test suite, installing what it needs (Debian/Ubuntu, as root or with sudo):
 #   - build tools for librdkafka (cmake, libcurl headers), redis-server and chromium via apt;
 #   - Autobahn|Testsuite (Python 2.7 from pyenv, in a virtualenv cached outside the clone);
+#   - a Kubernetes control plane built from the Go module proxy (Go comes with our machines);
 #   - Apache Kafka (a real broker) from Maven Central's jars, cached outside the clone (Java 17
 #     and Maven come with our machines; installed with apt when missing);
 # then every test on librdkafka's embedded mock cluster, and the Kafka integration tests again
@@ -27,6 +28,9 @@ fi
 
 # The real Kafka broker (Apache Kafka, KRaft): jars from Maven Central, cached outside the clone.
 testkit/tools/kafka/kafka.sh install >/dev/null
+# A real Kubernetes control plane (etcd, kube-apiserver, kube-controller-manager), built once
+# from the Go module proxy and cached outside the clone: ~35 min cold on 2 cores, then a no-op.
+testkit/tools/kube/kube.sh install >/dev/null
 # Autobahn|Testsuite (wstest, Python 2.7 from pyenv) in a cached virtualenv.
 testkit/tools/autobahn/install.sh >/dev/null
 

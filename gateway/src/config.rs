@@ -23,9 +23,20 @@ pub struct Config {
         value_delimiter = ','
     )]
     pub balancer_addrs: Vec<String>,
-    /// How socket nodes are found: `local` (heartbeats in Redis).
+    /// How socket nodes are found: `local` (heartbeats in Redis) or `kube` (the EndpointSlices
+    /// of the socket nodes' headless Service, watched).
     #[arg(long, env = "DISCOVERY", default_value = "local")]
     pub discovery: String,
+    /// Namespace of the socket nodes' Service (kube discovery).
+    #[arg(long, env = "KUBERNETES_NAMESPACE", default_value = "rtc")]
+    pub kubernetes_namespace: String,
+    /// Name of the socket nodes' headless Service (kube discovery).
+    #[arg(long, env = "SOCKET_SERVICE_NAME", default_value = "socket")]
+    pub socket_service_name: String,
+    /// A kubeconfig file for kube discovery; unset: in-cluster service account (or the usual
+    /// kubeconfig lookup).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
     /// Redis URL, for local discovery.
     #[arg(long, env = "REDIS_URL", default_value = rtc_serverkit::config::DEFAULT_REDIS_URL)]
     pub redis_url: String,
@@ -67,8 +78,8 @@ impl Config {
             );
         }
         anyhow::ensure!(
-            self.discovery == "local",
-            "DISCOVERY={} is not available in this build; use `local` (Kubernetes discovery comes next)",
+            self.discovery == "local" || self.discovery == "kube",
+            "DISCOVERY must be `local` or `kube`, got {:?}",
             self.discovery
         );
         anyhow::ensure!(self.max_connections > 0, "MAX_CONNECTIONS must be positive");

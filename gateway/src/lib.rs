@@ -197,13 +197,21 @@ pub fn build(cfg: Config, trigger: Trigger) -> anyhow::Result<Built> {
         metrics: Metrics::new(),
         cfg,
     });
+    let source: Arc<dyn discovery::Discovery> = match gw.cfg.discovery.as_str() {
+        "kube" => Arc::new(discovery::Kube::new(
+            &gw.cfg.kubernetes_namespace,
+            &gw.cfg.socket_service_name,
+            gw.cfg.kubeconfig.clone(),
+        )),
+        _ => Arc::new(discovery::Local::new(
+            &gw.cfg.redis_url,
+            Duration::from_secs(gw.cfg.redis_loss_grace_secs),
+        )),
+    };
     let disc = background_service(
         "discovery",
         DiscoveryService {
-            discovery: Arc::new(discovery::Local::new(
-                &gw.cfg.redis_url,
-                Duration::from_secs(gw.cfg.redis_loss_grace_secs),
-            )),
+            discovery: source,
             routes: gw.routes.clone(),
             interval: Duration::from_millis(gw.cfg.discovery_interval_ms),
         },

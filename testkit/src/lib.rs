@@ -3,6 +3,7 @@
 //! Nothing here knows the servers; the in-process stack lives in `e2e`.
 
 pub mod kafka;
+pub mod kube;
 pub mod proc;
 pub mod redis;
 
