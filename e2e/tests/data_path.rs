@@ -204,9 +204,15 @@ async fn resume_delivers_exactly_the_missed_messages_in_order() {
     stack.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn resume_past_the_history_says_not_recovered() {
-    let stack = Stack::start(1, |c| c.history_max_messages = 3).await;
+/// bob misses six messages while only three stay in the owner's history; he resumes with
+/// `max_readback` as the node's READBACK_MAX_MESSAGES. Returns whether he was recovered and the
+/// ids he got.
+async fn resume_past_the_history(max_readback: usize) -> (bool, Vec<String>) {
+    let stack = Stack::start(1, move |c| {
+        c.history_max_messages = 3;
+        c.readback_max_messages = max_readback;
+    })
+    .await;
     let ep = stack.endpoints();
     let bob_id = stack.client_on(0, "bob");
     let mut alice = Connection::connect(&ep, &stack.client_on(0, "alice"), None, T)
@@ -228,13 +234,37 @@ async fn resume_past_the_history_says_not_recovered() {
     let mut bob = Connection::connect(&ep, &bob_id, Some(start), T)
         .await
         .unwrap();
-    assert!(!bob.recovered, "six messages missed but only three kept");
+    let n = if bob.recovered { 6 } else { 3 };
+    let ids = next_msg_ids(&mut bob, n).await;
+    // Nothing more arrives (no message twice).
+    let extra = bob.next(Duration::from_millis(300)).await;
+    assert!(
+        !matches!(&extra, Ok(Some(f)) if f["type"] == "msg"),
+        "{extra:?}"
+    );
+    stack.shutdown().await;
+    (bob.recovered, ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_past_the_history_reads_the_partition_back() {
+    let (recovered, ids) = resume_past_the_history(10_000).await;
+    assert!(
+        recovered,
+        "the three not in the history are read back from Kafka"
+    );
+    assert_eq!(ids, vec!["m0", "m1", "m2", "m3", "m4", "m5"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_past_the_read_back_bound_says_not_recovered() {
+    let (recovered, ids) = resume_past_the_history(2).await;
+    assert!(!recovered, "three to read back, but at most two may be");
     assert_eq!(
-        next_msg_ids(&mut bob, 3).await,
+        ids,
         vec!["m3", "m4", "m5"],
         "what is kept is still replayed"
     );
-    stack.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
