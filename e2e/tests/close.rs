@@ -127,3 +127,37 @@ async fn a_server_close_reaches_the_client_unchanged_and_tcp_ends_after_its_answ
     gw.shutdown().await;
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_protocol_violation_is_answered_with_1002_through_the_gateway_too() {
+    use tokio::io::AsyncWriteExt;
+    let stack = Stack::start(1, |_| {}).await;
+    let gw = GatewayHandle::start(&stack, |_| {}).await;
+    for (path, ep) in [
+        ("node", stack.endpoints()),
+        ("gateway", Endpoints::gateway(&gw.addr)),
+    ] {
+        let mut c = Connection::connect(&ep, &format!("rude-{path}"), None, T)
+            .await
+            .unwrap();
+        // A masked one-byte text frame with RSV1 set: no extension was negotiated.
+        let frame = [0xC1u8, 0x81, 1, 2, 3, 4, b'x' ^ 1];
+        match c.ws.get_mut() {
+            tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.write_all(&frame).await.unwrap(),
+            _ => unreachable!("plain TCP"),
+        }
+        let code = loop {
+            match tokio::time::timeout(T, c.ws.next())
+                .await
+                .expect("an answer")
+            {
+                Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => continue,
+                other => panic!("{path}: dropped without a close frame: {other:?}"),
+            }
+        };
+        assert_eq!(code, Some(1002), "{path}");
+    }
+    gw.shutdown().await;
+    stack.shutdown().await;
+}

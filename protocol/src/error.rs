@@ -10,10 +10,14 @@ pub mod close {
     pub const NORMAL: u16 = 1000;
     /// The node is shutting down; reconnect through resolve.
     pub const GOING_AWAY: u16 = 1001;
+    /// A frame broke RFC 6455 (reserved bits, unknown opcode, bad fragmentation, …).
+    pub const PROTOCOL_ERROR: u16 = 1002;
     /// Binary frames are not part of the protocol.
     pub const UNSUPPORTED: u16 = 1003;
     /// A close frame without a code (never sent; what a receiver reports for one).
     pub const NO_STATUS: u16 = 1005;
+    /// A text frame that is not valid UTF-8.
+    pub const INVALID_DATA: u16 = 1007;
     /// A frame over the message-size limit.
     pub const TOO_BIG: u16 = 1009;
     /// An unexpected server error, or the gateway lost the node's connection.

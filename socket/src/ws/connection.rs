@@ -134,6 +134,10 @@ pub(super) async fn run(
                         node.metrics.refused.with_label_values(&["message_too_big"]).inc();
                         break Some(CloseReason { code: close::TOO_BIG, reason: "message too big" });
                     }
+                    // A client that breaks the protocol is told so before it is dropped (RFC
+                    // 6455 §7.1.7): a close it can read, not a bare disconnect.
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Protocol(_))) => break Some(CloseReason { code: close::PROTOCOL_ERROR, reason: "protocol error" }),
+                    Some(Err(tokio_tungstenite::tungstenite::Error::Utf8(_))) => break Some(CloseReason { code: close::INVALID_DATA, reason: "invalid UTF-8" }),
                     Some(Err(_)) => break None,
                 }
             }
