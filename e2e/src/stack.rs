@@ -133,6 +133,7 @@ impl Stack {
                 ("HEARTBEAT_TTL_SECS", "10".into()),
                 ("MOVE_JITTER_MS", "200".into()),
                 ("MOVE_PACE_SECS", "1".into()),
+                ("DRAIN_DURATION", "4".into()),
                 ("RUST_LOG", "warn".into()),
             ])
             .stdout(std::process::Stdio::null())

@@ -1,6 +1,8 @@
-//! Drain (`POST /drain`, also the preStop hook) and the pacing of `move` frames: clients of slots
-//! that left this node, or all clients while draining, are told to move in jittered batches
-//! spread over MOVE_PACE_SECS or DRAIN_DURATION.
+//! Drain and the pacing of `move` frames: clients of slots that left this node, or all clients
+//! while draining, are told to move in jittered batches spread over MOVE_PACE_SECS or
+//! DRAIN_DURATION. A drain starts with `POST /drain` (answers at once), `GET /drain` (the form a
+//! Kubernetes preStop `httpGet` hook sends: answers once the drain is over, so the kubelet sends
+//! SIGTERM only then) or SIGTERM (drain, then stop).
 
 use crate::node::Node;
 use axum::extract::State;
@@ -64,6 +66,72 @@ pub fn start(node: &Node) {
 pub async fn post_drain(State(node): State<Arc<Node>>) -> Response {
     start(&node);
     (http::StatusCode::ACCEPTED, axum::Json(status_of(&node))).into_response()
+}
+
+/// `GET /drain`: starts the drain and answers once it is over (see `wait_drained`).
+pub async fn get_drain(State(node): State<Arc<Node>>) -> Response {
+    start(&node);
+    wait_drained(&node).await;
+    axum::Json(status_of(&node)).into_response()
+}
+
+/// Waits until no connection is left, or DRAIN_DURATION (plus a second for the last closes) has
+/// passed since the drain started.
+pub async fn wait_drained(node: &Node) {
+    let started = node
+        .drain_started
+        .lock()
+        .expect("drain lock is never poisoned")
+        .unwrap_or_else(Instant::now);
+    let until = tokio::time::Instant::from_std(started)
+        + Duration::from_secs(node.cfg.drain_duration_secs)
+        + Duration::from_secs(1);
+    loop {
+        // Register before checking, so a close between the check and the wait is not missed.
+        let emptied = node.emptied.notified();
+        if node.connections.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        tokio::select! {
+            _ = emptied => {}
+            _ = tokio::time::sleep_until(until) => return,
+        }
+    }
+}
+
+/// The node's signals: SIGTERM drains (readiness fails at once, clients are moved away) and then
+/// stops; a second SIGTERM, or SIGINT (Ctrl-C), stops at once (clients get 1001). Returns the
+/// token cancelled when the node should stop.
+pub fn on_signals(node: Arc<Node>) -> CancellationToken {
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on Unix");
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = term.recv() => {
+                    if draining {
+                        break;
+                    }
+                    draining = true;
+                    tracing::info!("SIGTERM: draining before stopping");
+                    start(&node);
+                    let (node, stop) = (node.clone(), stop.clone());
+                    tokio::spawn(async move {
+                        wait_drained(&node).await;
+                        stop.cancel();
+                    });
+                }
+                _ = stop.cancelled() => return,
+            }
+        }
+        tracing::info!("stopping now");
+        stop.cancel();
+    });
+    token
 }
 
 pub async fn get_status(State(node): State<Arc<Node>>) -> Response {

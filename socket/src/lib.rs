@@ -64,7 +64,7 @@ pub async fn build(cfg: Config) -> anyhow::Result<Socket> {
 fn router(node: Arc<Node>) -> axum::Router {
     axum::Router::new()
         .route("/ws/{node_id}/connect", get(ws::connect))
-        .route("/drain", post(drain::post_drain))
+        .route("/drain", post(drain::post_drain).get(drain::get_drain))
         .route("/drain/status", get(drain::get_status))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))

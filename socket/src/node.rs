@@ -53,6 +53,8 @@ pub struct Node {
     pub cancel: CancellationToken,
     /// Every connection task, so shutdown can wait for their close frames.
     pub connections_tracker: TaskTracker,
+    /// Woken when the last connection closes (a drain waiting for its end).
+    pub emptied: Notify,
     /// Turns for reading a partition back from Kafka (READBACK_CONCURRENCY).
     pub readbacks: tokio::sync::Semaphore,
     producer: Producer,
@@ -91,6 +93,7 @@ impl Node {
             delivered_window: AtomicU64::new(0),
             cancel,
             connections_tracker: TaskTracker::new(),
+            emptied: Notify::new(),
             readbacks: tokio::sync::Semaphore::new(cfg.readback_concurrency.max(1)),
             producer,
             sessions,

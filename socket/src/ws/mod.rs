@@ -40,6 +40,9 @@ impl Drop for CountGuard {
     fn drop(&mut self) {
         let n = self.0.connections.fetch_sub(1, Ordering::Relaxed) - 1;
         self.0.metrics.active_connections.set(n as i64);
+        if n == 0 {
+            self.0.emptied.notify_waiters();
+        }
     }
 }
 
