@@ -3,6 +3,7 @@
 //! `tests/`, which are every test that crosses services.
 
 pub mod stack;
+pub mod traffic;
 
 use rtc_client::{Connection, Endpoints, Error, HttpReply};
 
@@ -46,4 +47,16 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Waits up to `limit` until the ledger owes nothing (see `Ledger::settled`).
+pub async fn wait_settled(
+    ledger: &std::sync::Mutex<rtc_loadtest::Ledger>,
+    limit: std::time::Duration,
+) -> anyhow::Result<()> {
+    rtc_testkit::wait_for("every message to settle", limit, || {
+        let ok = ledger.lock().expect("ledger lock").settled();
+        async move { ok }
+    })
+    .await
 }

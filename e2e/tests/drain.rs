@@ -4,10 +4,8 @@
 
 use rtc_client::Endpoints;
 use rtc_e2e::stack::{GatewayHandle, Stack};
-use rtc_loadtest::{run_client, Ledger, Pattern, Peers, Phase, Plan};
-use std::sync::{Arc, Mutex};
+use rtc_e2e::traffic::Traffic;
 use std::time::Duration;
-use tokio::sync::watch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_every_client_and_loses_nothing() {
@@ -18,7 +16,7 @@ async fn drain_moves_every_client_and_loses_nothing() {
     .await;
     let gw = GatewayHandle::start(&stack, |_| {}).await;
     let ep = Endpoints::gateway(&gw.addr);
-    let ids: Arc<Vec<String>> = Arc::new((0..200).map(|i| format!("user-{i}")).collect());
+    let ids: Vec<String> = (0..200).map(|i| format!("user-{i}")).collect();
     let drained_id = stack.nodes[0].id.clone();
     let on_drained = ids
         .iter()
@@ -28,30 +26,7 @@ async fn drain_moves_every_client_and_loses_nothing() {
         on_drained >= 30,
         "the drained node has a real share of clients ({on_drained})"
     );
-    let ledger = Arc::new(Mutex::new(Ledger::new()));
-    let (phase_tx, phase_rx) = watch::channel(Phase::Sending);
-    let start = Arc::new(tokio::sync::Barrier::new(ids.len() + 1));
-    let plan = Plan {
-        ep,
-        peers: Arc::new(Peers::new(ids.to_vec())),
-        pattern: Pattern::Direct,
-        interval: Duration::from_millis(400),
-        pad: Arc::from(""),
-        rooms: 1,
-        handshakes: Arc::new(tokio::sync::Semaphore::new(64)),
-        sources: Arc::new(Vec::new()),
-    };
-    let mut tasks = Vec::new();
-    for k in 0..ids.len() {
-        tasks.push(tokio::spawn(run_client(
-            plan.clone(),
-            k,
-            phase_rx.clone(),
-            ledger.clone(),
-            start.clone(),
-        )));
-    }
-    start.wait().await;
+    let traffic = Traffic::start(ep, &ids, Duration::from_millis(400)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let drained = stack.nodes[0].addr.to_string();
@@ -84,25 +59,12 @@ async fn drain_moves_every_client_and_loses_nothing() {
     .await
     .unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    phase_tx.send(Phase::Quiet).unwrap();
-    // Wait (bounded) until every message sent is answered and every acked one has arrived: an
-    // ack still in flight, or a delivery still on its way, is not a loss.
-    let settled = rtc_testkit::wait_for("every message to settle", Duration::from_secs(20), || {
-        let ok = ledger.lock().unwrap().settled();
-        async move { ok }
-    })
-    .await;
-    phase_tx.send(Phase::Done).unwrap();
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let out = traffic.finish(Duration::from_secs(20)).await;
 
-    let (report, lost) = {
-        let l = ledger.lock().unwrap();
-        (l.report((0.0, 0.0)), l.lost())
-    };
+    let (report, lost) = (out.report, out.lost);
     eprintln!("drain: {report:?} clients-on-drained-node {on_drained}");
-    settled.unwrap_or_else(|e| panic!("{e}; lost: {:?}", lost.iter().take(10).collect::<Vec<_>>()));
+    out.settled
+        .unwrap_or_else(|e| panic!("{e}; lost: {lost:?}"));
     assert!(report.acked > 500, "the clients really exchanged messages");
     assert_eq!(
         (report.lost, report.duplicated, report.connect_failures),

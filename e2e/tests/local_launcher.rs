@@ -29,6 +29,16 @@ fn alive(pid: u32) -> bool {
     })
 }
 
+/// A port `p` with `p + 1` free too (rtc-local gives node i the port SOCKET_BASE_PORT + i).
+fn two_free_ports() -> u16 {
+    loop {
+        let p = rtc_testkit::free_port();
+        if p < u16::MAX && std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
 #[test]
 fn a_child_that_dies_stops_the_stack_and_is_reported() {
     let port = || rtc_testkit::free_port().to_string();
@@ -38,7 +48,7 @@ fn a_child_that_dies_stops_the_stack_and_is_reported() {
             ("GATEWAY_PORT", port()),
             ("GATEWAY_ADMIN_PORT", port()),
             ("BALANCER_PORT", port()),
-            ("SOCKET_BASE_PORT", port()),
+            ("SOCKET_BASE_PORT", two_free_ports().to_string()),
             ("SLOTS", "16".to_string()),
             ("RUST_LOG", "warn".to_string()),
         ])

@@ -5,10 +5,8 @@
 
 use rtc_client::Endpoints;
 use rtc_e2e::stack::{GatewayHandle, Stack};
-use rtc_loadtest::{run_client, Ledger, Pattern, Peers, Phase, Plan};
-use std::sync::{Arc, Mutex};
+use rtc_e2e::traffic::Traffic;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_is_replaced_in_seconds_and_nothing_is_lost() {
@@ -35,31 +33,12 @@ async fn a_killed_node_is_replaced_in_seconds_and_nothing_is_lost() {
         .filter(|c| stack.owner_of(c).as_deref() == Some("doomed"))
         .count();
     assert!(on_doomed >= 20, "the doomed node has clients ({on_doomed})");
-    let ledger = Arc::new(Mutex::new(Ledger::new()));
-    let (phase_tx, phase_rx) = watch::channel(Phase::Sending);
-    let start = Arc::new(tokio::sync::Barrier::new(ids.len() + 1));
-    let plan = Plan {
-        ep: Endpoints::gateway(&gw.addr),
-        peers: Arc::new(Peers::new(ids.clone())),
-        pattern: Pattern::Direct,
-        interval: Duration::from_millis(300),
-        pad: Arc::from(""),
-        rooms: 1,
-        handshakes: Arc::new(tokio::sync::Semaphore::new(64)),
-        sources: Arc::new(Vec::new()),
-    };
-    let tasks: Vec<_> = (0..ids.len())
-        .map(|k| {
-            tokio::spawn(run_client(
-                plan.clone(),
-                k,
-                phase_rx.clone(),
-                ledger.clone(),
-                start.clone(),
-            ))
-        })
-        .collect();
-    start.wait().await;
+    let traffic = Traffic::start(
+        Endpoints::gateway(&gw.addr),
+        &ids,
+        Duration::from_millis(300),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     let epoch = stack.bal.ring().epoch;
@@ -80,7 +59,7 @@ async fn a_killed_node_is_replaced_in_seconds_and_nothing_is_lost() {
         "its clients to reconnect elsewhere",
         Duration::from_secs(30),
         || {
-            let back = ledger.lock().unwrap().reconnects >= on_doomed;
+            let back = traffic.ledger.lock().unwrap().reconnects >= on_doomed;
             async move { back }
         },
     )
@@ -88,17 +67,8 @@ async fn a_killed_node_is_replaced_in_seconds_and_nothing_is_lost() {
     .unwrap();
     let reconnected_after = killed.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    phase_tx.send(Phase::Quiet).unwrap();
-    let settled = rtc_testkit::wait_for("every message to settle", Duration::from_secs(30), || {
-        let ok = ledger.lock().unwrap().settled();
-        async move { ok }
-    })
-    .await;
-    phase_tx.send(Phase::Done).unwrap();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let report = ledger.lock().unwrap().report((0.0, 0.0));
+    let out = traffic.finish(Duration::from_secs(30)).await;
+    let report = out.report;
     let upstream_errors = gw
         .gw
         .metrics
@@ -116,7 +86,7 @@ async fn a_killed_node_is_replaced_in_seconds_and_nothing_is_lost() {
         report.reconnects,
         report.closes
     );
-    settled.unwrap();
+    out.settled.unwrap();
     assert_eq!((report.lost, report.duplicated), (0, 0));
     assert_eq!(report.connect_failures, 0);
     // A heartbeat TTL (10 s here) would be the floor without the probe.

@@ -5,11 +5,9 @@
 
 use rtc_client::Connection;
 use rtc_e2e::stack::{Stack, SLOTS};
-use rtc_loadtest::{run_client, Ledger, Pattern, Peers, Phase, Plan};
+use rtc_e2e::traffic::Traffic;
 use rtc_testkit::kafka::Kafka;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 const T: Duration = Duration::from_secs(30);
 
@@ -19,31 +17,7 @@ async fn real_broker_outage_gives_retryable_errors_and_loses_nothing() {
     let stack = Stack::start_on(kafka, 2, |c| c.kafka_send_timeout_ms = 2000).await;
     let ep = stack.endpoints();
     let ids: Vec<String> = (0..60).map(|i| format!("outage-{i}")).collect();
-    let ledger = Arc::new(Mutex::new(Ledger::new()));
-    let (phase_tx, phase_rx) = watch::channel(Phase::Sending);
-    let start = Arc::new(tokio::sync::Barrier::new(ids.len() + 1));
-    let plan = Plan {
-        ep: ep.clone(),
-        peers: Arc::new(Peers::new(ids.clone())),
-        pattern: Pattern::Direct,
-        interval: Duration::from_millis(300),
-        pad: Arc::from(""),
-        rooms: 1,
-        handshakes: Arc::new(tokio::sync::Semaphore::new(64)),
-        sources: Arc::new(Vec::new()),
-    };
-    let tasks: Vec<_> = (0..ids.len())
-        .map(|k| {
-            tokio::spawn(run_client(
-                plan.clone(),
-                k,
-                phase_rx.clone(),
-                ledger.clone(),
-                start.clone(),
-            ))
-        })
-        .collect();
-    start.wait().await;
+    let traffic = Traffic::start(ep.clone(), &ids, Duration::from_millis(300)).await;
     let (alice_id, bob_id) = (stack.client_on(0, "alice"), stack.client_on(1, "bob"));
     let mut alice = Connection::connect(&ep, &alice_id, None, T).await.unwrap();
     let mut bob = Connection::connect(&ep, &bob_id, None, T).await.unwrap();
@@ -90,17 +64,8 @@ async fn real_broker_outage_gives_retryable_errors_and_loses_nothing() {
         .unwrap();
     assert_eq!(m["from"], alice_id.as_str());
     tokio::time::sleep(Duration::from_secs(2)).await;
-    phase_tx.send(Phase::Quiet).unwrap();
-    let settled = rtc_testkit::wait_for("every message to settle", Duration::from_secs(60), || {
-        let ok = ledger.lock().unwrap().settled();
-        async move { ok }
-    })
-    .await;
-    phase_tx.send(Phase::Done).unwrap();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let report = ledger.lock().unwrap().report((0.0, 0.0));
+    let out = traffic.finish(Duration::from_secs(60)).await;
+    let report = out.report;
     println!(
         "broker outage: down {:.1} s; sends acked again {acked_after:?} after the start; load: sent {} acked {} refused (errors) {} delivered {} lost {} duplicated {} reconnects {}",
         up_at.duration_since(down_at).as_secs_f64(),
@@ -112,7 +77,7 @@ async fn real_broker_outage_gives_retryable_errors_and_loses_nothing() {
         report.duplicated,
         report.reconnects
     );
-    settled.unwrap();
+    out.settled.unwrap();
     assert!(report.errors > 0, "senders were told during the outage");
     assert_eq!((report.lost, report.duplicated), (0, 0));
     stack.shutdown().await;

@@ -5,10 +5,8 @@
 
 use rtc_client::{Connection, Endpoints};
 use rtc_e2e::stack::{GatewayHandle, Stack};
-use rtc_loadtest::{run_client, Ledger, Pattern, Peers, Phase, Plan};
-use std::sync::{Arc, Mutex};
+use rtc_e2e::traffic::Traffic;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_moves_no_client_and_refuses_none() {
@@ -19,31 +17,7 @@ async fn a_redis_restart_moves_no_client_and_refuses_none() {
     let ep = Endpoints::gateway(&gw.addr);
     let epoch_before = stack.bal.ring().epoch;
     let ids: Vec<String> = (0..100).map(|i| format!("steady-{i}")).collect();
-    let ledger = Arc::new(Mutex::new(Ledger::new()));
-    let (phase_tx, phase_rx) = watch::channel(Phase::Sending);
-    let start = Arc::new(tokio::sync::Barrier::new(ids.len() + 1));
-    let plan = Plan {
-        ep: ep.clone(),
-        peers: Arc::new(Peers::new(ids.clone())),
-        pattern: Pattern::Direct,
-        interval: Duration::from_millis(300),
-        pad: Arc::from(""),
-        rooms: 1,
-        handshakes: Arc::new(tokio::sync::Semaphore::new(64)),
-        sources: Arc::new(Vec::new()),
-    };
-    let tasks: Vec<_> = (0..ids.len())
-        .map(|k| {
-            tokio::spawn(run_client(
-                plan.clone(),
-                k,
-                phase_rx.clone(),
-                ledger.clone(),
-                start.clone(),
-            ))
-        })
-        .collect();
-    start.wait().await;
+    let traffic = Traffic::start(ep.clone(), &ids, Duration::from_millis(300)).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // First a flush (connections stay, the data goes), later a restart (both go).
@@ -72,17 +46,8 @@ async fn a_redis_restart_moves_no_client_and_refuses_none() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    phase_tx.send(Phase::Quiet).unwrap();
-    let settled = rtc_testkit::wait_for("every message to settle", Duration::from_secs(20), || {
-        let ok = ledger.lock().unwrap().settled();
-        async move { ok }
-    })
-    .await;
-    phase_tx.send(Phase::Done).unwrap();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let report = ledger.lock().unwrap().report((0.0, 0.0));
+    let out = traffic.finish(Duration::from_secs(20)).await;
+    let report = out.report;
     println!(
         "redis restart: {} sent, {} acked, {} delivered, lost {}, duplicated {}, closes {:?}, reconnects {}; newcomers joined {joined}, refused {}; ring epoch {epoch_before} -> {}",
         report.sent,
@@ -95,7 +60,7 @@ async fn a_redis_restart_moves_no_client_and_refuses_none() {
         refused.len(),
         stack.bal.ring().epoch
     );
-    settled.unwrap();
+    out.settled.unwrap();
     assert!(report.acked > 1000, "the clients really exchanged messages");
     assert!(
         report.closes.is_empty() && report.reconnects == 0,

@@ -5,10 +5,8 @@
 
 use rtc_client::Endpoints;
 use rtc_e2e::stack::{GatewayHandle, Stack};
-use rtc_loadtest::{run_client, Ledger, Pattern, Peers, Phase, Plan};
-use std::sync::{Arc, Mutex};
+use rtc_e2e::traffic::Traffic;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prestop_get_drain_then_sigterm_and_sigterm_alone_both_move_clients_first() {
@@ -40,31 +38,12 @@ async fn prestop_get_drain_then_sigterm_and_sigterm_alone_both_move_clients_firs
         on_hooked >= 10 && on_termed >= 10,
         "{on_hooked} / {on_termed}"
     );
-    let ledger = Arc::new(Mutex::new(Ledger::new()));
-    let (phase_tx, phase_rx) = watch::channel(Phase::Sending);
-    let start = Arc::new(tokio::sync::Barrier::new(ids.len() + 1));
-    let plan = Plan {
-        ep: Endpoints::gateway(&gw.addr),
-        peers: Arc::new(Peers::new(ids.clone())),
-        pattern: Pattern::Direct,
-        interval: Duration::from_millis(300),
-        pad: Arc::from(""),
-        rooms: 1,
-        handshakes: Arc::new(tokio::sync::Semaphore::new(64)),
-        sources: Arc::new(Vec::new()),
-    };
-    let tasks: Vec<_> = (0..ids.len())
-        .map(|k| {
-            tokio::spawn(run_client(
-                plan.clone(),
-                k,
-                phase_rx.clone(),
-                ledger.clone(),
-                start.clone(),
-            ))
-        })
-        .collect();
-    start.wait().await;
+    let traffic = Traffic::start(
+        Endpoints::gateway(&gw.addr),
+        &ids,
+        Duration::from_millis(300),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // The preStop hook: GET /drain answers once the node is empty; then SIGTERM.
@@ -111,22 +90,13 @@ async fn prestop_get_drain_then_sigterm_and_sigterm_alone_both_move_clients_firs
         exits.push((name, t.elapsed()));
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    phase_tx.send(Phase::Quiet).unwrap();
-    let settled = rtc_testkit::wait_for("every message to settle", Duration::from_secs(30), || {
-        let ok = ledger.lock().unwrap().settled();
-        async move { ok }
-    })
-    .await;
-    phase_tx.send(Phase::Done).unwrap();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    let report = ledger.lock().unwrap().report((0.0, 0.0));
+    let out = traffic.finish(Duration::from_secs(30)).await;
+    let report = out.report;
     println!(
         "preStop + SIGTERM: {on_hooked} + {on_termed} clients; GET /drain answered after {hook_took:?}; exits {exits:?}; closes {:?}; lost {} duplicated {}",
         report.closes, report.lost, report.duplicated
     );
-    settled.unwrap();
+    out.settled.unwrap();
     assert_eq!(
         (report.lost, report.duplicated, report.connect_failures),
         (0, 0, 0)

@@ -173,22 +173,24 @@ async fn main() -> anyhow::Result<()> {
         })
         .await
     };
-    tokio::select! {
-        r = probe => match r {
-            Ok(()) => println!(
-                "\n  Reactive RTC is up.\n  Open      http://{gateway}/  (demo page)\n  Resolve   http://{gateway}/api/v1/resolve?clientId=alice\n  Connect   ws://{gateway}/ws/<nodeId>/connect?clientId=…&token=…\n  Admin     http://{admin}/routes  /metrics\n  Kafka     {kafka}   Redis {redis_url}\n  Ctrl-C stops everything.\n"
-            ),
-            Err(e) => eprintln!("the stack did not come up: {e}"),
-        },
-        _ = cancel.cancelled() => {}
-    }
-    // A child that exits on its own (a crash, a bad setting) stops the whole stack, so it never
-    // looks healthy with a part missing.
+    // A child that exits on its own (a crash, a port already taken, a bad setting) stops the
+    // whole stack, while it comes up as later: it never looks healthy with a part missing.
     let mut died: Option<String> = None;
     let mut check = tokio::time::interval(Duration::from_millis(500));
+    let mut probe = std::pin::pin!(probe);
+    let mut coming_up = true;
     while died.is_none() {
         tokio::select! {
             _ = cancel.cancelled() => break,
+            r = &mut probe, if coming_up => {
+                coming_up = false;
+                match r {
+                    Ok(()) => println!(
+                        "\n  Reactive RTC is up.\n  Open      http://{gateway}/  (demo page)\n  Resolve   http://{gateway}/api/v1/resolve?clientId=alice\n  Connect   ws://{gateway}/ws/<nodeId>/connect?clientId=…&token=…\n  Admin     http://{admin}/routes  /metrics\n  Kafka     {kafka}   Redis {redis_url}\n  Ctrl-C stops everything.\n"
+                    ),
+                    Err(e) => eprintln!("the stack did not come up: {e}"),
+                }
+            }
             _ = check.tick() => {
                 for (name, c) in children.iter_mut() {
                     if let Ok(Some(status)) = c.0.try_wait() {
