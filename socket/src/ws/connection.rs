@@ -187,9 +187,11 @@ async fn close_with(
     let answered = tokio::time::timeout(Duration::from_secs(2), async {
         loop {
             match ws.next().await {
-                Some(Ok(Message::Close(_))) | None => return true,
+                Some(Ok(Message::Close(_))) => return true,
                 Some(Ok(_)) => continue,
-                Some(Err(_)) => return false,
+                // Ended or broken without the client's close (say, after an oversized frame
+                // whose rest is still arriving): read the rest below before dropping.
+                None | Some(Err(_)) => return false,
             }
         }
     })
