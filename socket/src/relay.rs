@@ -347,6 +347,7 @@ pub async fn run_rooms(
             r = consumer.recv() => match r {
                 Ok(m) => {
                     let Some(room) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
+                    tracing::debug!(room, partition = m.partition(), offset = m.offset(), "room record");
                     if let Some((frame, _)) = frame_of(m.payload(), None, room) {
                         node.fan_out(room, frame);
                     }

@@ -36,6 +36,34 @@ pub fn broker_script() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/kafka/kafka.sh")
 }
 
+/// Waits until every partition of the project's topics has a leader.
+fn wait_for_leaders(bootstrap: &str, limit: Duration) -> anyhow::Result<()> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let c: BaseConsumer = rtc_serverkit::kafka::base_config(bootstrap).create()?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let md = c.fetch_metadata(None, Duration::from_secs(5))?;
+        let settled = [DELIVER_TOPIC, ROOMS_TOPIC, CONTROL_TOPIC].iter().all(|t| {
+            md.topics().iter().any(|mt| {
+                mt.name() == *t
+                    && !mt.partitions().is_empty()
+                    && mt
+                        .partitions()
+                        .iter()
+                        .all(|p| p.leader() >= 0 && p.error().is_none())
+            })
+        });
+        if settled {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "partitions without a leader after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Runs `kafka.sh ARGS`, failing with its output.
 fn broker_cmd(args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new(broker_script())
@@ -138,6 +166,11 @@ impl Kafka {
         tokio::task::spawn_blocking(move || broker_cmd(&["start", &d, &p])).await??;
         rtc_serverkit::kafka::ensure_topics(&kafka.bootstrap, slots, Duration::from_secs(60))
             .await?;
+        // A real broker answers the create before every new partition has its leader; a
+        // deployment's topics are long settled, so the tests start from there too.
+        let bootstrap = kafka.bootstrap.clone();
+        tokio::task::spawn_blocking(move || wait_for_leaders(&bootstrap, Duration::from_secs(60)))
+            .await??;
         Ok(kafka)
     }
 
