@@ -4,6 +4,7 @@
 
 use crate::route::{Route, Routes};
 use async_trait::async_trait;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -89,8 +90,6 @@ pub struct Kube {
     kubeconfig: Option<std::path::PathBuf>,
     store: tokio::sync::OnceCell<kube::runtime::reflector::Store<EndpointSlice>>,
 }
-
-use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 impl Kube {
     pub fn new(namespace: &str, service: &str, kubeconfig: Option<std::path::PathBuf>) -> Self {

@@ -371,7 +371,7 @@ impl Node {
             key,
         };
         let mut slot = self.slot(s);
-        match slot.consume(entry, self.cfg.history_max_messages, min_at) {
+        match slot.consume(entry, recipient, self.cfg.history_max_messages, min_at) {
             None | Some(Consumed::Old) | Some(Consumed::Stored(None)) => {}
             Some(Consumed::Duplicate) => self.metrics.duplicate_dropped.inc(),
             Some(Consumed::Stored(Some(conn))) => {

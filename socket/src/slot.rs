@@ -192,12 +192,20 @@ impl<C> Slot<C> {
         }
     }
 
-    /// Consumes a record; see [`Consumed`]. Only a slot that is not idle keeps records.
-    pub fn consume(&mut self, entry: Entry, max: usize, min_at_ms: u64) -> Option<Consumed<'_, C>> {
+    /// Consumes a record for `recipient` (the entry's, passed borrowed so the hot path does not
+    /// copy it); see [`Consumed`]. Only a slot that is not idle keeps records.
+    pub fn consume(
+        &mut self,
+        entry: Entry,
+        recipient: &str,
+        max: usize,
+        min_at_ms: u64,
+    ) -> Option<Consumed<'_, C>> {
         if self.phase == Phase::Idle {
             return None;
         }
-        let (offset, recipient) = (entry.offset, entry.recipient.clone());
+        debug_assert_eq!(&*entry.recipient, recipient);
+        let offset = entry.offset;
         let pushed = self.history.push(entry, max, min_at_ms);
         if pushed == Pushed::Old {
             return Some(Consumed::Old);
@@ -208,7 +216,7 @@ impl<C> Slot<C> {
         }
         let to = self
             .members
-            .get_mut(&recipient)
+            .get_mut(recipient)
             .filter(|m| offset > m.last)
             .map(|m| {
                 m.last = offset;
@@ -335,7 +343,7 @@ mod tests {
         assert_eq!((s.phase, s.read_from()), (Phase::Loading, Some(10)));
         assert_eq!(s.admit(), Err(Closed::Loading));
         assert!(matches!(
-            s.consume(entry(10, "a", 1), 100, 0),
+            s.consume(entry(10, "a", 1), "a", 100, 0),
             Some(Consumed::Stored(None))
         ));
         assert_eq!(s.phase, Phase::Loading);
@@ -352,7 +360,7 @@ mod tests {
         assert_eq!(s.phase, Phase::Releasing);
         assert_eq!(s.insert("b", 3, 4).unwrap_err(), Closed::NotOwned);
         // Still delivered to while it has not moved.
-        match s.consume(entry(5, "a", 7), 100, 0) {
+        match s.consume(entry(5, "a", 7), "a", 100, 0) {
             Some(Consumed::Stored(Some(&c))) => assert_eq!(c, 2),
             _ => panic!("a releasing slot delivers to its member"),
         }
@@ -381,7 +389,7 @@ mod tests {
     fn taken_back_while_releasing_serves_again_with_its_history() {
         let (mut s, now) = ready();
         s.insert("a", 1, 4).unwrap();
-        s.consume(entry(5, "a", 1), 100, 0);
+        s.consume(entry(5, "a", 1), "a", 100, 0);
         s.apply_owner(false, now);
         let mut budget = 1;
         s.pace_moves(
@@ -484,7 +492,7 @@ mod tests {
                     Op::Consume(o, c) => {
                         let key = u64::from(c);
                         for n in nodes.iter_mut() {
-                            if let Some(Consumed::Stored(Some(to))) = n.consume(entry(o, &c.to_string(), key), 100, 0) {
+                            if let Some(Consumed::Stored(Some(to))) = n.consume(entry(o, &c.to_string(), key), &c.to_string(), 100, 0) {
                                 prop_assert_eq!(*to, c);
                             }
                         }

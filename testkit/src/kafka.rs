@@ -5,7 +5,6 @@
 use rdkafka::mocking::MockCluster;
 use rtc_serverkit::kafka::{CONTROL_TOPIC, DELIVER_TOPIC, ROOMS_PARTITIONS, ROOMS_TOPIC};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -66,18 +65,7 @@ fn wait_for_leaders(bootstrap: &str, limit: Duration) -> anyhow::Result<()> {
 
 /// Runs `kafka.sh ARGS`, failing with its output.
 fn broker_cmd(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(broker_script())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "kafka.sh {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::proc::run_script(&broker_script(), args)
 }
 
 impl Kafka {

@@ -4,7 +4,6 @@
 //! kubelet and no scheduler: a test plays the node for the pods it cares about.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 /// The script that builds, starts and stops the control plane.
 pub fn script() -> PathBuf {
@@ -19,18 +18,7 @@ pub struct ControlPlane {
 }
 
 fn run(args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new(script())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "kube.sh {} failed: {}{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    crate::proc::run_script(&script(), args)
 }
 
 impl ControlPlane {

@@ -32,6 +32,23 @@ pub fn signal(pid: i32, sig: i32) {
         .status();
 }
 
+/// Runs `script ARGS` to completion; its stdout, or an error with everything it printed.
+pub fn run_script(script: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+    let out = std::process::Command::new(script)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{} {} failed: {}{}",
+        script.display(),
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// Whether `program` is on PATH.
 pub fn on_path(program: &str) -> bool {
     std::env::var_os("PATH")

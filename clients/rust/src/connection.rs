@@ -223,9 +223,23 @@ impl Connection {
     /// The next frame as a JSON value, untracked (a close is `{"type":"close","code":…,
     /// "reason":…}`); for tools that look at frames this version does not type.
     pub async fn next_raw(&mut self, timeout: Duration) -> Result<Option<Value>, Error> {
+        self.next_json(timeout, false).await
+    }
+
+    /// [`Self::next_raw`], tracking the resume offset and `move` like [`Self::recv`].
+    pub async fn next(&mut self, timeout: Duration) -> Result<Option<Value>, Error> {
+        self.next_json(timeout, true).await
+    }
+
+    async fn next_json(&mut self, timeout: Duration, track: bool) -> Result<Option<Value>, Error> {
         Ok(match self.next_message(timeout).await? {
             None => None,
             Some(Message::Text(t)) => {
+                if track {
+                    if let Ok(f) = ServerFrame::parse(&t) {
+                        self.observe(&f);
+                    }
+                }
                 Some(serde_json::from_str(&t).map_err(|e| Error::Protocol(format!("{e}: {t}")))?)
             }
             Some(Message::Close(c)) => {
@@ -234,17 +248,6 @@ impl Connection {
             }
             Some(_) => unreachable!("next_message returns text and close only"),
         })
-    }
-
-    /// [`Self::next_raw`], tracking the resume offset and `move` like [`Self::recv`].
-    pub async fn next(&mut self, timeout: Duration) -> Result<Option<Value>, Error> {
-        let v = self.next_raw(timeout).await?;
-        if let Some(v) = &v {
-            if let Ok(f) = ServerFrame::parse(&v.to_string()) {
-                self.observe(&f);
-            }
-        }
-        Ok(v)
     }
 
     /// JSON frames until one matches `pred` (returned), within `timeout` overall.
