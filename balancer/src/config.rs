@@ -18,6 +18,56 @@ pub struct Config {
     /// Elect one leader through a Kubernetes Lease; false runs a single balancer without Kubernetes.
     #[arg(long, env = "ENABLE_LEADER_ELECTION", default_value_t = false, action = clap::ArgAction::Set)]
     pub enable_leader_election: bool,
+    /// Namespace of the Lease and of the socket Deployment.
+    #[arg(long, env = "KUBERNETES_NAMESPACE", default_value = "rtc")]
+    pub kubernetes_namespace: String,
+    /// A kubeconfig file; unset: the in-cluster service account (or the usual kubeconfig lookup).
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Name of the leader Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "load-balancer-leader")]
+    pub lease_name: String,
+    /// This replica's identity in the Lease (the pod name through the downward API); default:
+    /// host name and process id.
+    #[arg(long, env = "POD_NAME")]
+    pub pod_name: Option<String>,
+    /// How long a Lease holds without renewal before another replica may take it, seconds.
+    #[arg(long, env = "LEASE_DURATION_SECS", default_value_t = 15)]
+    pub lease_duration_secs: u64,
+    /// A leader that has not renewed for this long stops writing, seconds.
+    #[arg(long, env = "LEASE_RENEW_DEADLINE_SECS", default_value_t = 10)]
+    pub lease_renew_deadline_secs: u64,
+    /// How often the Lease is tried and renewed, seconds.
+    #[arg(long, env = "LEASE_RETRY_PERIOD_SECS", default_value_t = 2)]
+    pub lease_retry_period_secs: u64,
+    /// The socket Deployment the leader scales.
+    #[arg(long, env = "SOCKET_WORKLOAD_NAME", default_value = "socket")]
+    pub socket_workload_name: String,
+    /// Fewest socket replicas the leader keeps.
+    #[arg(long, env = "SOCKET_MIN_REPLICAS", default_value_t = 2)]
+    pub socket_min_replicas: u32,
+    /// Most socket replicas the leader runs.
+    #[arg(long, env = "SOCKET_MAX_REPLICAS", default_value_t = 50)]
+    pub socket_max_replicas: u32,
+    /// Scale the socket Deployment (leader only, with leader election); false: the ring only.
+    #[arg(long, env = "ENABLE_SCALER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enable_scaler: bool,
+    /// How often the leader takes a scaling decision, seconds.
+    #[arg(long, env = "SCALE_INTERVAL_SECS", default_value_t = 15)]
+    pub scale_interval_secs: u64,
+    /// No scale-in within this long after a scale-out, seconds.
+    #[arg(long, env = "SCALE_IN_COOLDOWN_SECS", default_value_t = 300)]
+    pub scale_in_cooldown_secs: u64,
+    /// Scale in only if the remaining pods would stay under this fraction of their capacity.
+    #[arg(long, env = "SCALE_IN_HEADROOM", default_value_t = 0.9)]
+    pub scale_in_headroom: f64,
+    /// Kafka lag (records behind, summed over a node's partitions) one socket node is sized for.
+    #[arg(long, env = "LAG_PER_POD", default_value_t = 10000)]
+    pub lag_per_pod: u64,
+    /// Name of a backup HorizontalPodAutoscaler (KEDA's) on the socket Deployment; the leader never
+    /// scales below its desired replicas. Empty: none.
+    #[arg(long, env = "BACKUP_HPA_NAME", default_value = "keda-hpa-socket")]
+    pub backup_hpa_name: String,
     /// Connections one socket node is sized for.
     #[arg(long, env = "CONN_PER_POD", default_value_t = 5000)]
     pub conn_per_pod: u64,
@@ -56,8 +106,22 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.shared.validate()?;
         anyhow::ensure!(
-            !self.enable_leader_election,
-            "ENABLE_LEADER_ELECTION=true needs the Kubernetes Lease support, which this build does not have yet; set it to false and run one balancer"
+            self.lease_duration_secs > self.lease_renew_deadline_secs
+                && self.lease_renew_deadline_secs as f64 > 1.2 * self.lease_retry_period_secs as f64
+                && self.lease_retry_period_secs > 0,
+            "need LEASE_DURATION_SECS > LEASE_RENEW_DEADLINE_SECS > 1.2 x LEASE_RETRY_PERIOD_SECS > 0"
+        );
+        anyhow::ensure!(
+            1 <= self.socket_min_replicas && self.socket_min_replicas <= self.socket_max_replicas,
+            "need 1 <= SOCKET_MIN_REPLICAS <= SOCKET_MAX_REPLICAS"
+        );
+        anyhow::ensure!(
+            self.scale_in_headroom > 0.0 && self.scale_in_headroom < 1.0,
+            "SCALE_IN_HEADROOM must be in (0, 1)"
+        );
+        anyhow::ensure!(
+            self.scale_interval_secs > 0 && self.lag_per_pod > 0,
+            "SCALE_INTERVAL_SECS and LAG_PER_POD must be positive"
         );
         anyhow::ensure!(
             self.conn_per_pod > 0 && self.mps_per_pod > 0 && self.l_slo_ms > 0,
@@ -77,6 +141,16 @@ impl Config {
             "TOKEN_TTL_SECS must be at least 5"
         );
         Ok(())
+    }
+
+    /// This replica's identity in the Lease.
+    pub fn identity(&self) -> String {
+        self.pod_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "balancer".into());
+            format!("{host}-{}", std::process::id())
+        })
     }
 
     /// Defaults plus the given endpoints, on an ephemeral port.

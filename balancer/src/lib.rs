@@ -1,7 +1,10 @@
 //! rtc-balancer: answers resolve and owns the slot ring. With ENABLE_LEADER_ELECTION=false one
-//! balancer is the only ring writer (the local stack); Kubernetes leader election comes later.
+//! balancer is the only ring writer (the local stack); with it, replicas elect a leader through a
+//! Kubernetes Lease: the leader writes the ring and scales the socket nodes, followers keep the
+//! live set from heartbeats and the ring from `rtc.control`, and all answer resolve.
 
 pub mod config;
+pub mod election;
 pub mod liveness;
 pub mod resolve;
 pub mod ring;
@@ -81,6 +84,8 @@ pub struct Balancer {
     pub secret: Vec<u8>,
     ring: RwLock<Arc<Ring>>,
     live: RwLock<HashSet<String>>,
+    /// None: the only balancer (no election), always the writer.
+    pub leadership: Option<Arc<election::Leadership>>,
     pub metrics: Metrics,
 }
 
@@ -92,10 +97,26 @@ impl Balancer {
             .clone()
     }
 
-    fn set_ring(&self, ring: Ring) {
+    /// Takes `ring` if it is newer than the current one (epochs only rise; a ring of an older
+    /// term is always older). Returns whether it was taken.
+    fn adopt(&self, ring: Ring) -> bool {
+        let mut cur = self.ring.write().expect("ring lock is never poisoned");
+        if ring.epoch <= cur.epoch || ring.slots() != cur.slots() {
+            return false;
+        }
         self.metrics.epoch.set(ring.epoch as i64);
         self.metrics.ring_nodes.set(ring.counts().len() as i64);
-        *self.ring.write().expect("ring lock is never poisoned") = Arc::new(ring);
+        *cur = Arc::new(ring);
+        true
+    }
+
+    /// The term in which this balancer may write now: the current ring's term without leader
+    /// election, the valid leader term with it, None for a follower.
+    pub fn writer_term(&self) -> Option<u64> {
+        match &self.leadership {
+            None => Some(self.ring().term()),
+            Some(l) => l.term(),
+        }
     }
 
     fn set_nodes(&self, hbs: &[Heartbeat]) {
@@ -128,6 +149,9 @@ pub async fn build(cfg: Config) -> anyhow::Result<Server> {
         secret: cfg.shared.ring_secret.as_bytes().to_vec(),
         ring: RwLock::new(Arc::new(Ring::empty(cfg.shared.slots))),
         live: RwLock::new(HashSet::new()),
+        leadership: cfg
+            .enable_leader_election
+            .then(|| Arc::new(election::Leadership::default())),
         metrics: Metrics::new(),
         cfg,
     });
@@ -203,8 +227,59 @@ impl Server {
                 }
             }
         };
-        bal.metrics.is_leader.set(1);
+        let tasks = TaskTracker::new();
+        let follow = bal.clone();
+        let bootstrap = bal.cfg.shared.kafka_bootstrap.clone();
+        let fetch_wait = bal.cfg.shared.kafka_fetch_wait_ms;
+        let group = format!("rtc-control-balancer-{}", bal.cfg.identity());
+        let stop = cancel.clone();
+        tasks.spawn(async move {
+            let r = rtc_serverkit::kafka::follow_rings(
+                &bootstrap,
+                &group,
+                fetch_wait,
+                Duration::from_millis(200),
+                stop,
+                |ring| {
+                    let epoch = ring.epoch;
+                    if follow.adopt(ring) {
+                        tracing::debug!(epoch, "ring taken from rtc.control");
+                    }
+                },
+            )
+            .await;
+            if let Err(e) = r {
+                tracing::error!(error = %format!("{e:#}"), "cannot follow rtc.control");
+            }
+        });
+        match &bal.leadership {
+            None => bal.metrics.is_leader.set(1),
+            Some(leadership) => {
+                let api = kube::Api::namespaced(
+                    rtc_serverkit::kube::client(bal.cfg.kubeconfig.as_deref()).await?,
+                    &bal.cfg.kubernetes_namespace,
+                );
+                let settings = election::Settings {
+                    name: bal.cfg.lease_name.clone(),
+                    identity: bal.cfg.identity(),
+                    lease_duration: Duration::from_secs(bal.cfg.lease_duration_secs),
+                    renew_deadline: Duration::from_secs(bal.cfg.lease_renew_deadline_secs),
+                    retry_period: Duration::from_secs(bal.cfg.lease_retry_period_secs),
+                };
+                let gauge = bal.metrics.is_leader.clone();
+                tasks.spawn(election::run(
+                    api,
+                    settings,
+                    leadership.clone(),
+                    move |leading| gauge.set(leading as i64),
+                    cancel.clone(),
+                ));
+            }
+        }
         ring::run(bal.clone(), redis, producer, cancel.clone()).await;
+        tasks.close();
+        // The election releases the Lease on cancel; bounded by its retry period.
+        let _ = tokio::time::timeout(Duration::from_secs(5), tasks.wait()).await;
         http_cancel.cancel();
         let _ = http.await;
         tracker.close();
@@ -230,9 +305,9 @@ async fn setup(
     .await?;
     let mut redis = rtc_serverkit::store::connect(&cfg.shared.redis_url).await?;
     if let Some(ring) = rtc_serverkit::store::get_ring(&mut redis).await? {
-        if ring.slots() == cfg.shared.slots && ring.epoch > bal.ring().epoch {
-            tracing::info!(epoch = ring.epoch, "starting from the mirrored ring");
-            bal.set_ring(ring);
+        let epoch = ring.epoch;
+        if bal.adopt(ring) {
+            tracing::info!(epoch, "starting from the mirrored ring");
         }
     }
     let producer =

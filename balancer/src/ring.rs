@@ -19,7 +19,10 @@ pub fn live(heartbeats: &[Heartbeat]) -> impl Iterator<Item = &Heartbeat> {
     heartbeats.iter().filter(|h| !h.draining)
 }
 
-/// One recompute: returns the new ring when it differs from `current`.
+/// One recompute by a leader of `term`: returns the new ring when it differs from `current`, or
+/// when `current` is from an older term (a new leader publishes once at once, so that nodes stop
+/// taking rings from its predecessor). None as well when `current` is from a newer term: this
+/// leader has been deposed.
 pub fn next_ring(
     current: &Ring,
     heartbeats: &[Heartbeat],
@@ -27,18 +30,20 @@ pub fn next_ring(
     cap: Capacity,
     hysteresis: f64,
     max_moves: usize,
+    term: u64,
 ) -> Option<(Ring, rtc_protocol::ring::Plan)> {
+    let epoch = current.next_epoch(term)?;
     let targets: BTreeMap<String, u64> = live(heartbeats)
         .map(|h| (h.node_id.clone(), weights::target(weights::load(h, cap))))
         .collect();
     weights.update(&targets, 0.3, hysteresis);
     let p = plan(&current.owners, &weights.current, max_moves);
-    if p.owners == current.owners {
+    if p.owners == current.owners && current.term() == term {
         return None;
     }
     Some((
         Ring {
-            epoch: current.epoch + 1,
+            epoch,
             owners: p.owners.clone(),
         },
         p,
@@ -133,6 +138,10 @@ pub async fn run(
         let heartbeats = without_dead(&mut liveness, heartbeats, probe_timeout).await;
         bal.set_nodes(&heartbeats);
         let current = bal.ring();
+        // Followers keep the live set (resolve) and take rings from `rtc.control`.
+        let Some(term) = bal.writer_term() else {
+            continue;
+        };
         let Some((ring, p)) = next_ring(
             &current,
             &heartbeats,
@@ -140,9 +149,14 @@ pub async fn run(
             cap,
             cfg.weight_hysteresis,
             cfg.max_moves_per_interval,
+            term,
         ) else {
             continue;
         };
+        // Checked again right before the write: the heartbeat reads and probes took time.
+        if bal.writer_term() != Some(term) {
+            continue;
+        }
         if let Err(e) = publish(&producer, &ring).await {
             // Not applied locally either: resolve must never hand out an epoch nodes cannot see.
             tracing::warn!(error = %e, epoch = ring.epoch, "ring not published; will retry");
@@ -175,6 +189,7 @@ pub async fn run(
             forced = p.forced,
             deferred = p.deferred,
             nodes = weights.current.len(),
+            term,
             weights = ?weights.current,
             "ring decision"
         );
@@ -186,7 +201,7 @@ pub async fn run(
             .moves
             .with_label_values(&["load"])
             .inc_by((p.moved - p.forced) as u64);
-        bal.set_ring(ring);
+        bal.adopt(ring);
     }
 }
 
@@ -222,29 +237,51 @@ mod tests {
     fn draining_node_loses_every_slot_at_once_and_quiet_rounds_publish_nothing() {
         let mut w = Weights::default();
         let hbs = vec![hb("a", 0, false), hb("b", 0, false), hb("c", 0, false)];
-        let (r1, _) = next_ring(&Ring::empty(64), &hbs, &mut w, CAP, 0.25, 0).expect("first ring");
+        let (r1, _) =
+            next_ring(&Ring::empty(64), &hbs, &mut w, CAP, 0.25, 0, 0).expect("first ring");
         assert_eq!(r1.epoch, 1);
         assert!(
-            next_ring(&r1, &hbs, &mut w, CAP, 0.25, 0).is_none(),
+            next_ring(&r1, &hbs, &mut w, CAP, 0.25, 0, 0).is_none(),
             "nothing changed"
         );
         let hbs = vec![hb("a", 0, false), hb("b", 0, false), hb("c", 0, true)];
-        let (r2, p) = next_ring(&r1, &hbs, &mut w, CAP, 0.25, 0).expect("drain moves slots");
+        let (r2, p) = next_ring(&r1, &hbs, &mut w, CAP, 0.25, 0, 0).expect("drain moves slots");
         assert!(r2.slots_of("c").is_empty());
         assert_eq!(p.forced, r1.slots_of("c").len());
         assert_eq!(r2.epoch, 2);
     }
 
     #[test]
+    fn a_new_term_publishes_at_once_and_a_deposed_leader_never_does() {
+        let mut w = Weights::default();
+        let hbs = vec![hb("a", 0, false), hb("b", 0, false)];
+        let (r1, _) = next_ring(&Ring::empty(64), &hbs, &mut w, CAP, 0.25, 0, 3).expect("first");
+        assert_eq!(
+            (r1.term(), r1.epoch),
+            (3, rtc_protocol::ring::first_epoch(3))
+        );
+        assert!(next_ring(&r1, &hbs, &mut w, CAP, 0.25, 0, 3).is_none());
+        let (r2, p) = next_ring(&r1, &hbs, &mut w, CAP, 0.25, 0, 4).expect("new term publishes");
+        assert_eq!((r2.term(), p.moved), (4, 0));
+        assert_eq!(r2.owners, r1.owners, "nothing moves for a new term alone");
+        let gone = vec![hb("a", 0, false)];
+        assert!(
+            next_ring(&r2, &gone, &mut w, CAP, 0.25, 0, 3).is_none(),
+            "the leader of term 3 is deposed once term 4 has published"
+        );
+    }
+
+    #[test]
     fn an_overloaded_node_sheds_slots_within_the_cap() {
         let mut w = Weights::default();
         let idle = vec![hb("a", 0, false), hb("b", 0, false)];
-        let (r1, _) = next_ring(&Ring::empty(64), &idle, &mut w, CAP, 0.25, 4).expect("first ring");
+        let (r1, _) =
+            next_ring(&Ring::empty(64), &idle, &mut w, CAP, 0.25, 4, 0).expect("first ring");
         let hot = vec![hb("a", 140, false), hb("b", 0, false)];
         let mut ring = r1.clone();
         let mut changes = 0;
         for _ in 0..60 {
-            if let Some((r, p)) = next_ring(&ring, &hot, &mut w, CAP, 0.25, 4) {
+            if let Some((r, p)) = next_ring(&ring, &hot, &mut w, CAP, 0.25, 4, 0) {
                 assert!(p.moved <= 4, "cap respected");
                 ring = r;
                 changes += 1;
@@ -255,7 +292,7 @@ mod tests {
             "sheds in a few capped steps, then stays: {changes}"
         );
         assert!(
-            next_ring(&ring, &hot, &mut w, CAP, 0.25, 4).is_none(),
+            next_ring(&ring, &hot, &mut w, CAP, 0.25, 4, 0).is_none(),
             "stable under steady load"
         );
         assert!(

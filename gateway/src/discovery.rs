@@ -101,29 +101,16 @@ impl Kube {
         }
     }
 
-    async fn client(&self) -> anyhow::Result<kube::Client> {
-        let cfg = match &self.kubeconfig {
-            Some(path) => {
-                let kc = kube::config::Kubeconfig::read_from(path)?;
-                kube::Config::from_custom_kubeconfig(
-                    kc,
-                    &kube::config::KubeConfigOptions::default(),
-                )
-                .await?
-            }
-            None => kube::Config::infer().await?,
-        };
-        Ok(kube::Client::try_from(cfg)?)
-    }
-
     /// Starts the watch (once, on the runtime that runs discovery) and returns its store.
     async fn store(&self) -> anyhow::Result<&kube::runtime::reflector::Store<EndpointSlice>> {
         use futures_util::StreamExt;
         use kube::runtime::{reflector, watcher, WatchStreamExt};
         self.store
             .get_or_try_init(|| async {
-                let api: kube::Api<EndpointSlice> =
-                    kube::Api::namespaced(self.client().await?, &self.namespace);
+                let api: kube::Api<EndpointSlice> = kube::Api::namespaced(
+                    rtc_serverkit::kube::client(self.kubeconfig.as_deref()).await?,
+                    &self.namespace,
+                );
                 let cfg = watcher::Config::default()
                     .labels(&format!("kubernetes.io/service-name={}", self.service));
                 let (reader, writer) = reflector::store();

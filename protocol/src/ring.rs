@@ -83,6 +83,22 @@ impl Ring {
         self.owners.len() as u32
     }
 
+    /// The leader term this ring was published in (the high bits of its epoch; 0 without
+    /// leader election).
+    pub fn term(&self) -> u64 {
+        term_of(self.epoch)
+    }
+
+    /// The epoch a leader of `term` gives the ring after this one, or `None` when this ring
+    /// comes from a newer term (the caller has been deposed and must not publish).
+    pub fn next_epoch(&self, term: u64) -> Option<u64> {
+        match self.term().cmp(&term) {
+            std::cmp::Ordering::Equal => Some(self.epoch + 1),
+            std::cmp::Ordering::Less => Some(first_epoch(term)),
+            std::cmp::Ordering::Greater => None,
+        }
+    }
+
     pub fn owner(&self, slot: u32) -> Option<&str> {
         self.owners.get(slot as usize).and_then(|o| o.as_deref())
     }
@@ -102,6 +118,23 @@ impl Ring {
         }
         m
     }
+}
+
+/// Bits of an epoch below the leader term. Epoch = term · 2³² + sequence, so every epoch of a
+/// newer term is greater than every epoch of an older one: nodes that apply only rising epochs
+/// can never apply a deposed leader's ring once they have seen its successor's (fencing), and
+/// every existing "newer epoch" comparison stays correct. Terms stay below 2²¹ in practice, so an
+/// epoch stays below 2⁵³ and exact in JSON readers that use doubles.
+pub const TERM_SHIFT: u32 = 32;
+
+/// The term an epoch belongs to.
+pub fn term_of(epoch: u64) -> u64 {
+    epoch >> TERM_SHIFT
+}
+
+/// The first epoch of a term.
+pub fn first_epoch(term: u64) -> u64 {
+    (term << TERM_SHIFT) | 1
 }
 
 /// A node's quota: it must own `floor` or `floor + 1` slots (`floor + 1` only if `frac()`).
@@ -270,6 +303,25 @@ fn targets<'a>(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    proptest! {
+        /// Fencing: whatever the sequence numbers, an epoch of a newer term is greater, a leader
+        /// continues its own term, and a deposed leader gets no epoch to publish.
+        #[test]
+        fn epochs_of_a_newer_term_are_always_greater(
+            t in 0u64..(1 << 20), seq in 1u64..u32::MAX as u64, later in 1u64..1000,
+        ) {
+            let ring = Ring { epoch: (t << TERM_SHIFT) | seq, owners: vec![] };
+            prop_assert_eq!(ring.term(), t);
+            prop_assert_eq!(ring.next_epoch(t), Some(ring.epoch + 1));
+            let newer = ring.next_epoch(t + later).unwrap();
+            prop_assert!(newer > ring.epoch);
+            prop_assert_eq!(term_of(newer), t + later);
+            let successor = Ring { epoch: newer, owners: vec![] };
+            prop_assert_eq!(successor.next_epoch(t), None);
+            prop_assert!(newer < 1 << 53);
+        }
+    }
 
     fn names(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("n{i}")).collect()

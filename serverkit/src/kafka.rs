@@ -161,3 +161,44 @@ pub async fn partition_counts(
     .await
     .context("metadata task")?
 }
+
+/// Follows ring epochs on `rtc.control`: the newest record first, then every new one, each handed
+/// to `apply` (which keeps only rising epochs). Socket nodes and follower balancers both read the
+/// ring this way. `repoll` bounds a lost consumer wake-up (see the socket relay).
+pub async fn follow_rings(
+    bootstrap: &str,
+    group: &str,
+    fetch_wait_ms: u32,
+    repoll: Duration,
+    cancel: tokio_util::sync::CancellationToken,
+    mut apply: impl FnMut(rtc_protocol::ring::Ring),
+) -> anyhow::Result<()> {
+    use rdkafka::consumer::StreamConsumer;
+    use rdkafka::{Message, Offset, TopicPartitionList};
+    let consumer: StreamConsumer =
+        assigned_consumer_config(bootstrap, group, fetch_wait_ms).create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(CONTROL_TOPIC, 0, Offset::OffsetTail(1))?;
+    consumer.assign(&tpl)?;
+    let mut tick = tokio::time::interval(repoll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = cancel.cancelled() => return Ok(()),
+            r = consumer.recv() => match r {
+                Ok(m) if m.key() == Some(RING_KEY.as_bytes()) => {
+                    match m.payload().map(serde_json::from_slice::<rtc_protocol::ring::Ring>) {
+                        Some(Ok(ring)) => apply(ring),
+                        _ => tracing::warn!(offset = m.offset(), "skipping a malformed ring record"),
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "control consumer error");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+}

@@ -6,5 +6,6 @@ pub mod config;
 pub mod continuity;
 pub mod http;
 pub mod kafka;
+pub mod kube;
 pub mod store;
 pub mod telemetry;

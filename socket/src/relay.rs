@@ -8,12 +8,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use rtc_protocol::ring::Ring;
 use rtc_protocol::slot::murmur2;
 use rtc_protocol::{Envelope, ServerFrame};
-use rtc_serverkit::kafka::{
-    self, CONTROL_TOPIC, DELIVER_TOPIC, RING_KEY, ROOMS_PARTITIONS, ROOMS_TOPIC,
-};
+use rtc_serverkit::kafka::{self, DELIVER_TOPIC, ROOMS_PARTITIONS, ROOMS_TOPIC};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,8 +89,10 @@ pub(crate) fn frame_of(
 /// `StreamConsumer` is woken only when librdkafka's queue turns from empty to non-empty
 /// (fede1024/rust-rdkafka#665 was a lost wake-up of that kind). Cheap insurance: a lost wake-up
 /// would cost at most 200 ms. The deliver reader has its own 1 s retry tick.
+const REPOLL: Duration = Duration::from_millis(200);
+
 fn repoll_tick() -> tokio::time::Interval {
-    let mut t = tokio::time::interval(Duration::from_millis(200));
+    let mut t = tokio::time::interval(REPOLL);
     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     t
 }
@@ -367,33 +366,15 @@ pub async fn run_control(
     bootstrap: String,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer: StreamConsumer = kafka::assigned_consumer_config(
+    kafka::follow_rings(
         &bootstrap,
         &format!("rtc-control-{}", node.id),
         node.cfg.shared.kafka_fetch_wait_ms,
+        REPOLL,
+        cancel,
+        |ring| {
+            node.apply_ring(ring);
+        },
     )
-    .create()?;
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(CONTROL_TOPIC, 0, Offset::OffsetTail(1))?;
-    consumer.assign(&tpl)?;
-    let mut repoll = repoll_tick();
-    loop {
-        tokio::select! {
-            _ = repoll.tick() => {}
-            _ = cancel.cancelled() => return Ok(()),
-            r = consumer.recv() => match r {
-                Ok(m) if m.key() == Some(RING_KEY.as_bytes()) => {
-                    match m.payload().map(serde_json::from_slice::<Ring>) {
-                        Some(Ok(ring)) => { node.apply_ring(ring); }
-                        _ => tracing::warn!(offset = m.offset(), "skipping a malformed ring record"),
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "control consumer error");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    }
+    .await
 }

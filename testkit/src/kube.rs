@@ -42,6 +42,31 @@ impl ControlPlane {
         &self.dir
     }
 
+    /// The apiserver's address (from DIR/env).
+    pub fn api_addr(&self) -> anyhow::Result<std::net::SocketAddr> {
+        let env = std::fs::read_to_string(self.dir.join("env"))?;
+        let url = env
+            .lines()
+            .find_map(|l| l.strip_prefix("KUBE_APISERVER_URL=https://"))
+            .ok_or_else(|| anyhow::anyhow!("no KUBE_APISERVER_URL in {}", self.dir.display()))?;
+        Ok(url.trim().parse()?)
+    }
+
+    /// A copy of the admin kubeconfig that reaches the apiserver at `addr` (a proxy on
+    /// 127.0.0.1, which the serving certificate covers), written as DIR/`name`.
+    pub fn kubeconfig_via(
+        &self,
+        addr: std::net::SocketAddr,
+        name: &str,
+    ) -> anyhow::Result<PathBuf> {
+        let api = self.api_addr()?;
+        let text = std::fs::read_to_string(&self.kubeconfig)?
+            .replace(&format!("https://{api}"), &format!("https://{addr}"));
+        let path = self.dir.join(name);
+        std::fs::write(&path, text)?;
+        Ok(path)
+    }
+
     /// An admin client.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
         let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;

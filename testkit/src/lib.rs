@@ -5,6 +5,7 @@
 pub mod kafka;
 pub mod kube;
 pub mod proc;
+pub mod proxy;
 pub mod redis;
 
 /// A port that was free a moment ago on 127.0.0.1 (for programs that cannot bind port 0 and
