@@ -61,6 +61,12 @@ pub struct Config {
     /// Scale in only if the remaining pods would stay under this fraction of their capacity.
     #[arg(long, env = "SCALE_IN_HEADROOM", default_value_t = 0.9)]
     pub scale_in_headroom: f64,
+    /// Memory one socket node is sized for, MiB (its memory limit).
+    #[arg(long, env = "MEM_PER_POD_MIB", default_value_t = 1024)]
+    pub mem_per_pod_mib: u64,
+    /// Consecutive decisions that must all allow a scale-in before one happens.
+    #[arg(long, env = "SCALE_IN_SUSTAIN", default_value_t = 4)]
+    pub scale_in_sustain: u32,
     /// Kafka lag (records behind, summed over a node's partitions) one socket node is sized for.
     #[arg(long, env = "LAG_PER_POD", default_value_t = 10000)]
     pub lag_per_pod: u64,
@@ -120,8 +126,8 @@ impl Config {
             "SCALE_IN_HEADROOM must be in (0, 1)"
         );
         anyhow::ensure!(
-            self.scale_interval_secs > 0 && self.lag_per_pod > 0,
-            "SCALE_INTERVAL_SECS and LAG_PER_POD must be positive"
+            self.scale_interval_secs > 0 && self.lag_per_pod > 0 && self.mem_per_pod_mib > 0,
+            "SCALE_INTERVAL_SECS, LAG_PER_POD and MEM_PER_POD_MIB must be positive"
         );
         anyhow::ensure!(
             self.conn_per_pod > 0 && self.mps_per_pod > 0 && self.l_slo_ms > 0,
@@ -141,6 +147,29 @@ impl Config {
             "TOKEN_TTL_SECS must be at least 5"
         );
         Ok(())
+    }
+
+    /// What one socket node is sized for, as the scaler sees it.
+    pub fn pod_capacity(&self) -> crate::scaler::PodCapacity {
+        crate::scaler::PodCapacity {
+            conns: self.conn_per_pod as f64,
+            mps: self.mps_per_pod as f64,
+            cpu: self.cpu_per_pod,
+            mem_bytes: self.mem_per_pod_mib as f64 * 1024.0 * 1024.0,
+            lag: self.lag_per_pod as f64,
+            slo_ms: self.l_slo_ms as f64,
+        }
+    }
+
+    /// The scaler's policy.
+    pub fn scale_policy(&self) -> crate::scaler::Policy {
+        crate::scaler::Policy {
+            min: self.socket_min_replicas,
+            max: self.socket_max_replicas,
+            headroom: self.scale_in_headroom,
+            cooldown_secs: self.scale_in_cooldown_secs as f64,
+            in_sustain: self.scale_in_sustain.max(1),
+        }
     }
 
     /// This replica's identity in the Lease.

@@ -3,11 +3,13 @@
 //! Kubernetes Lease: the leader writes the ring and scales the socket nodes, followers keep the
 //! live set from heartbeats and the ring from `rtc.control`, and all answer resolve.
 
+pub mod actuator;
 pub mod config;
 pub mod election;
 pub mod liveness;
 pub mod resolve;
 pub mod ring;
+pub mod scaler;
 pub mod weights;
 
 use anyhow::Context;
@@ -36,6 +38,8 @@ pub struct Metrics {
     pub epoch: IntGauge,
     pub resolves: IntCounterVec,
     pub moves: IntCounterVec,
+    pub scale_signals: IntCounterVec,
+    pub scale_in: IntCounterVec,
 }
 
 impl Metrics {
@@ -74,6 +78,20 @@ impl Metrics {
                 registry
             )
             .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            scale_signals: register_int_counter_vec_with_registry!(
+                "rtc_lb_scale_signals_total",
+                "Scaling decisions carried out or attempted, by direction",
+                &["direction"],
+                registry
+            )
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            scale_in: register_int_counter_vec_with_registry!(
+                "rtc_lb_scale_in_total",
+                "Scale-ins by outcome: planned (the chosen pod was deleted) or unplanned",
+                &["outcome"],
+                registry
+            )
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
             registry,
         }
     }
@@ -84,6 +102,8 @@ pub struct Balancer {
     pub secret: Vec<u8>,
     ring: RwLock<Arc<Ring>>,
     live: RwLock<HashSet<String>>,
+    /// The heartbeats of the last ring round, dead nodes left out (the scaler's input).
+    heartbeats: RwLock<Vec<Heartbeat>>,
     /// None: the only balancer (no election), always the writer.
     pub leadership: Option<Arc<election::Leadership>>,
     pub metrics: Metrics,
@@ -122,6 +142,18 @@ impl Balancer {
     fn set_nodes(&self, hbs: &[Heartbeat]) {
         *self.live.write().expect("live lock is never poisoned") =
             ring::live(hbs).map(|h| h.node_id.clone()).collect();
+        *self
+            .heartbeats
+            .write()
+            .expect("heartbeats lock is never poisoned") = hbs.to_vec();
+    }
+
+    /// The heartbeats of the last ring round (dead nodes left out).
+    pub fn heartbeats(&self) -> Vec<Heartbeat> {
+        self.heartbeats
+            .read()
+            .expect("heartbeats lock is never poisoned")
+            .clone()
     }
 
     /// Whether `node` heartbeats and is not draining.
@@ -149,6 +181,7 @@ pub async fn build(cfg: Config) -> anyhow::Result<Server> {
         secret: cfg.shared.ring_secret.as_bytes().to_vec(),
         ring: RwLock::new(Arc::new(Ring::empty(cfg.shared.slots))),
         live: RwLock::new(HashSet::new()),
+        heartbeats: RwLock::new(Vec::new()),
         leadership: cfg
             .enable_leader_election
             .then(|| Arc::new(election::Leadership::default())),
@@ -255,10 +288,16 @@ impl Server {
         match &bal.leadership {
             None => bal.metrics.is_leader.set(1),
             Some(leadership) => {
-                let api = kube::Api::namespaced(
-                    rtc_serverkit::kube::client(bal.cfg.kubeconfig.as_deref()).await?,
-                    &bal.cfg.kubernetes_namespace,
-                );
+                let client = rtc_serverkit::kube::client(bal.cfg.kubeconfig.as_deref()).await?;
+                let api = kube::Api::namespaced(client.clone(), &bal.cfg.kubernetes_namespace);
+                if bal.cfg.enable_scaler {
+                    tasks.spawn(actuator::run(
+                        bal.clone(),
+                        client,
+                        producer.clone(),
+                        cancel.clone(),
+                    ));
+                }
                 let settings = election::Settings {
                     name: bal.cfg.lease_name.clone(),
                     identity: bal.cfg.identity(),

@@ -218,6 +218,7 @@ mod tests {
             p95_ms: 0.0,
             cpu: 0.0,
             mem_bytes: 0,
+            kafka_lag: 0,
             draining,
             ready: !draining,
             slots: vec![],

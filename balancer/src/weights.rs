@@ -96,6 +96,7 @@ mod tests {
             p95_ms: 0.0,
             cpu,
             mem_bytes: 0,
+            kafka_lag: 0,
             draining: false,
             ready: true,
             slots: vec![],

@@ -60,3 +60,34 @@ pub async fn wait_settled(
     })
     .await
 }
+
+/// Every record of partition 0 of `topic` so far, in log order: (Kafka timestamp ms, payload).
+pub fn read_topic(bootstrap: &str, topic: &str) -> Vec<(i64, Vec<u8>)> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::Message;
+    use std::time::{Duration, Instant};
+    let c: BaseConsumer = rtc_serverkit::kafka::base_config(bootstrap)
+        .set("group.id", "rtc-e2e-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("a consumer");
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning)
+        .expect("partition 0");
+    c.assign(&tpl).expect("assigned");
+    let (_, high) = c
+        .fetch_watermarks(topic, 0, Duration::from_secs(5))
+        .expect("watermarks");
+    let mut out = Vec::new();
+    let end = Instant::now() + Duration::from_secs(20);
+    while out.len() < high as usize && Instant::now() < end {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            out.push((
+                m.timestamp().to_millis().unwrap_or(0),
+                m.payload().unwrap_or_default().to_vec(),
+            ));
+        }
+    }
+    assert_eq!(out.len(), high as usize, "read the whole of {topic}");
+    out
+}

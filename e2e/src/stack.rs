@@ -251,16 +251,28 @@ impl GatewayHandle {
         stack: &Stack,
         tweak: impl FnOnce(&mut rtc_gateway::config::Config),
     ) -> GatewayHandle {
+        let want: Vec<String> = stack
+            .nodes
+            .iter()
+            .filter(|n| n.join.is_some())
+            .map(|n| n.id.clone())
+            .collect();
+        Self::start_for(&stack.balancer.to_string(), &stack.redis.url, want, tweak).await
+    }
+
+    /// Starts a gateway in front of the balancer at `balancer` and waits until it routes to
+    /// every node of `want`.
+    pub async fn start_for(
+        balancer: &str,
+        redis_url: &str,
+        want: Vec<String>,
+        tweak: impl FnOnce(&mut rtc_gateway::config::Config),
+    ) -> GatewayHandle {
         let (addr, admin) = (
             format!("127.0.0.1:{}", rtc_testkit::free_port()),
             format!("127.0.0.1:{}", rtc_testkit::free_port()),
         );
-        let mut cfg = rtc_gateway::config::Config::for_tests(
-            &addr,
-            &admin,
-            &stack.balancer.to_string(),
-            &stack.redis.url,
-        );
+        let mut cfg = rtc_gateway::config::Config::for_tests(&addr, &admin, balancer, redis_url);
         tweak(&mut cfg);
         let (stop, rx) = tokio::sync::watch::channel(false);
         let built =
@@ -274,12 +286,6 @@ impl GatewayHandle {
             stop,
             thread: Some(thread),
         };
-        let want: Vec<String> = stack
-            .nodes
-            .iter()
-            .filter(|n| n.join.is_some())
-            .map(|n| n.id.clone())
-            .collect();
         let routes = h.gw.routes.clone();
         rtc_testkit::wait_for(
             "the gateway to route to every node",

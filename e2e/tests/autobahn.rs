@@ -94,6 +94,7 @@ async fn autobahn_fuzzingclient_through_the_gateway() {
         p95_ms: 0.0,
         cpu: 0.0,
         mem_bytes: 0,
+        kafka_lag: 0,
         draining: false,
         ready: true,
         slots: Vec::new(),

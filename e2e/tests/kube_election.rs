@@ -9,8 +9,6 @@
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::Message;
 use rtc_protocol::ring::Ring;
 use rtc_testkit::proc::Owned;
 use std::path::Path;
@@ -95,36 +93,10 @@ async fn until_leads(b: &Balancer, limit: Duration) -> Instant {
 
 /// Every ring on `rtc.control`, in log order, with its Kafka timestamp.
 fn control_log(bootstrap: &str) -> Vec<(i64, Ring)> {
-    let c: BaseConsumer = rtc_serverkit::kafka::base_config(bootstrap)
-        .set("group.id", "election-test")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut tpl = rdkafka::TopicPartitionList::new();
-    tpl.add_partition_offset(
-        rtc_serverkit::kafka::CONTROL_TOPIC,
-        0,
-        rdkafka::Offset::Beginning,
-    )
-    .unwrap();
-    c.assign(&tpl).unwrap();
-    let (_, high) = c
-        .fetch_watermarks(
-            rtc_serverkit::kafka::CONTROL_TOPIC,
-            0,
-            Duration::from_secs(5),
-        )
-        .unwrap();
-    let mut out = Vec::new();
-    let end = Instant::now() + Duration::from_secs(20);
-    while out.len() < high as usize && Instant::now() < end {
-        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
-            let ring: Ring = serde_json::from_slice(m.payload().unwrap()).unwrap();
-            out.push((m.timestamp().to_millis().unwrap(), ring));
-        }
-    }
-    assert_eq!(out.len(), high as usize, "read the whole control log");
-    out
+    rtc_e2e::read_topic(bootstrap, rtc_serverkit::kafka::CONTROL_TOPIC)
+        .into_iter()
+        .map(|(ts, p)| (ts, serde_json::from_slice(&p).expect("a ring")))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

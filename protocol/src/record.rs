@@ -13,6 +13,9 @@ pub mod kafka {
     pub const ROOMS_TOPIC: &str = "rtc.rooms";
     /// Ring epochs (key `ring`) and other control records; compacted, one partition.
     pub const CONTROL_TOPIC: &str = "rtc.control";
+    /// The leader's scaling decisions, one audit record each (key = the socket workload's name);
+    /// one partition, 7 days.
+    pub const SCALE_TOPIC: &str = "rtc.scale";
     /// Partitions of `rtc.rooms`.
     pub const ROOMS_PARTITIONS: i32 = 8;
     /// The record key of ring epochs on `rtc.control`.
@@ -66,6 +69,9 @@ pub struct Heartbeat {
     /// Process CPU as a fraction of one core.
     pub cpu: f64,
     pub mem_bytes: u64,
+    /// Records behind the end of the node's owned `rtc.deliver` partitions (summed).
+    #[serde(default)]
+    pub kafka_lag: u64,
     pub draining: bool,
     /// Whether the node accepts new connections (readiness).
     pub ready: bool,

@@ -74,3 +74,31 @@ pub fn refusal(r: rtc_protocol::Refusal) -> axum::response::Response {
     }
     r
 }
+
+/// One plain HTTP/1.1 request to `addr` (`host:port`) on a fresh connection, bounded by
+/// `timeout`: the status and the body. For the balancer's calls to socket nodes (drain).
+pub async fn call(
+    addr: &str,
+    method: http::Method,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<(http::StatusCode, String)> {
+    use http_body_util::BodyExt;
+    let work = async {
+        let tcp = tokio::net::TcpStream::connect(addr).await?;
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        tokio::spawn(conn);
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, addr)
+            .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+        let res = send.send_request(req).await?;
+        let status = res.status();
+        let body = res.into_body().collect().await?.to_bytes();
+        Ok::<_, anyhow::Error>((status, String::from_utf8_lossy(&body).into_owned()))
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .map_err(|_| anyhow::anyhow!("{addr}{path}: no answer within {timeout:?}"))?
+}

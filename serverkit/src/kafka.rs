@@ -83,6 +83,7 @@ pub async fn ensure_topics(bootstrap: &str, slots: u32, timeout: Duration) -> an
             vec![("retention.ms", "3600000")],
         ),
         (CONTROL_TOPIC, 1, vec![("cleanup.policy", "compact")]),
+        (SCALE_TOPIC, 1, vec![("retention.ms", "604800000")]),
     ];
     let existing = partition_counts(bootstrap, timeout).await?;
     let missing: Vec<_> = wanted

@@ -61,6 +61,7 @@ pub async fn run_heartbeat(
             p95_ms: p95 as f64 / 1000.0,
             cpu,
             mem_bytes: mem,
+            kafka_lag: node.kafka_lag.load(Ordering::Relaxed),
             draining,
             ready: !draining && node.serving(),
             slots: node.owned().into_iter().collect(),

@@ -3,8 +3,9 @@
 
 use prometheus::{
     register_gauge_vec_with_registry, register_gauge_with_registry,
-    register_int_counter_vec_with_registry, register_int_gauge_with_registry, Gauge, GaugeVec,
-    IntCounter, IntCounterVec, IntGauge, Registry,
+    register_int_counter_vec_with_registry, register_int_gauge_vec_with_registry,
+    register_int_gauge_with_registry, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Registry,
 };
 
 pub struct Metrics {
@@ -22,6 +23,9 @@ pub struct Metrics {
     pub drain_time: Gauge,
     pub owned_slots: IntGauge,
     pub ring_epoch: IntGauge,
+    /// Records behind the end of each owned `rtc.deliver` partition (kafka-exporter cannot see
+    /// consumers that assign partitions themselves, as ours do).
+    pub kafka_lag: IntGaugeVec,
     pub moves: IntCounterVec,
     /// `messages` children used per message, resolved once (a label lookup hashes and locks).
     pub sent: IntCounter,
@@ -92,6 +96,13 @@ impl Metrics {
             owned_slots: register_int_gauge_with_registry!(
                 "rtc_socket_owned_slots",
                 "Slots this node owns",
+                registry
+            )
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            kafka_lag: register_int_gauge_vec_with_registry!(
+                "rtc_socket_kafka_lag",
+                "Records behind the end of each owned rtc.deliver partition",
+                &["partition"],
                 registry
             )
             .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),

@@ -49,6 +49,8 @@ pub struct Node {
     pub metrics: Metrics,
     pub latency_us: Mutex<hdrhistogram::Histogram<u64>>,
     pub delivered_window: AtomicU64,
+    /// Records behind the end of the owned deliver partitions (librdkafka statistics).
+    pub kafka_lag: AtomicU64,
     /// Cancelled when the node shuts down: every connection closes with 1001.
     pub cancel: CancellationToken,
     /// Every connection task, so shutdown can wait for their close frames.
@@ -80,6 +82,7 @@ impl Node {
             table,
             rooms: Rooms::default(),
             connections: AtomicUsize::new(0),
+            kafka_lag: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             drain_started: Mutex::new(None),
             has_ring: AtomicBool::new(false),

@@ -97,19 +97,62 @@ fn repoll_tick() -> tokio::time::Interval {
     t
 }
 
+/// The deliver consumer's context: librdkafka's statistics (every 5 s) give the high watermark and
+/// the application's position of each partition, hence the lag of each owned one.
+pub(crate) struct LagContext(std::sync::Weak<Node>);
+
+impl rdkafka::ClientContext for LagContext {
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let Some(node) = self.0.upgrade() else {
+            return;
+        };
+        let owned = node.owned();
+        let mut total = 0u64;
+        let Some(topic) = stats.topics.get(DELIVER_TOPIC) else {
+            return;
+        };
+        for (&p, st) in &topic.partitions {
+            if p < 0 {
+                continue;
+            }
+            let label = p.to_string();
+            let position = [st.app_offset, st.next_offset]
+                .into_iter()
+                .find(|&o| o >= 0);
+            match position {
+                Some(pos) if owned.contains(&(p as u32)) && st.hi_offset >= 0 => {
+                    let lag = (st.hi_offset - pos).max(0);
+                    total += lag as u64;
+                    node.metrics.kafka_lag.with_label_values(&[&label]).set(lag);
+                }
+                _ => {
+                    let _ = node.metrics.kafka_lag.remove_label_values(&[&label]);
+                }
+            }
+        }
+        node.kafka_lag
+            .store(total, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for LagContext {}
+
+type DeliverConsumer = StreamConsumer<LagContext>;
+
 /// Reads the owned slots of `rtc.deliver` until `cancel`.
 pub async fn run_deliver(
     node: Arc<Node>,
     bootstrap: String,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer: Arc<StreamConsumer> = Arc::new(
+    let consumer: Arc<DeliverConsumer> = Arc::new(
         kafka::assigned_consumer_config(
             &bootstrap,
             &format!("rtc-socket-{}", node.id),
             node.cfg.shared.kafka_fetch_wait_ms,
         )
-        .create()?,
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(LagContext(Arc::downgrade(&node)))?,
     );
     // Loading slots whose start is unknown (Kafka unreachable at takeover) are retried on this tick.
     let mut retry = tokio::time::interval(Duration::from_secs(1));
@@ -177,7 +220,7 @@ struct Assigned {
 /// paused. Partitions read throughout are not touched and keep their position.
 async fn reassign(
     node: &Arc<Node>,
-    consumer: &Arc<StreamConsumer>,
+    consumer: &Arc<DeliverConsumer>,
     st: &mut Assigned,
 ) -> anyhow::Result<()> {
     let unstarted = node.unstarted();

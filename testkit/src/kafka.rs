@@ -90,6 +90,7 @@ impl Kafka {
                     c.create_topic(DELIVER_TOPIC, slots as i32, 1)?;
                     c.create_topic(ROOMS_TOPIC, ROOMS_PARTITIONS, 1)?;
                     c.create_topic(CONTROL_TOPIC, 1, 1)?;
+                    c.create_topic(rtc_serverkit::kafka::SCALE_TOPIC, 1, 1)?;
                     Ok(c)
                 };
                 let cluster = match setup() {

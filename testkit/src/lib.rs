@@ -4,6 +4,8 @@
 
 pub mod kafka;
 pub mod kube;
+pub mod kubelet;
+pub mod netns;
 pub mod proc;
 pub mod proxy;
 pub mod redis;
@@ -37,4 +39,18 @@ where
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// The status of one plain HTTP request (None: no answer within `timeout`).
+pub async fn http_status(
+    addr: &str,
+    method: &str,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Option<u16> {
+    let method = http::Method::from_bytes(method.as_bytes()).ok()?;
+    rtc_serverkit::http::call(addr, method, path, timeout)
+        .await
+        .ok()
+        .map(|(s, _)| s.as_u16())
 }
