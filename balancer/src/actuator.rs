@@ -169,7 +169,7 @@ pub async fn run(
         };
         let round = tokio::select! {
             _ = cancel.cancelled() => break,
-            r = a.round(state, term) => r,
+            r = a.round(state.clone(), term) => r,
         };
         match round {
             Ok(s) => state = s,

@@ -64,9 +64,9 @@ pub struct Config {
     /// Memory one socket node is sized for, MiB (its memory limit).
     #[arg(long, env = "MEM_PER_POD_MIB", default_value_t = 1024)]
     pub mem_per_pod_mib: u64,
-    /// Consecutive decisions that must all allow a scale-in before one happens.
-    #[arg(long, env = "SCALE_IN_SUSTAIN", default_value_t = 4)]
-    pub scale_in_sustain: u32,
+    /// A scale-in must fit the peak load of this many seconds on one pod fewer.
+    #[arg(long, env = "SCALE_IN_WINDOW_SECS", default_value_t = 600)]
+    pub scale_in_window_secs: u64,
     /// Kafka lag (records behind, summed over a node's partitions) one socket node is sized for.
     #[arg(long, env = "LAG_PER_POD", default_value_t = 10000)]
     pub lag_per_pod: u64,
@@ -168,7 +168,7 @@ impl Config {
             max: self.socket_max_replicas,
             headroom: self.scale_in_headroom,
             cooldown_secs: self.scale_in_cooldown_secs as f64,
-            in_sustain: self.scale_in_sustain.max(1),
+            in_window_secs: self.scale_in_window_secs as f64,
         }
     }
 

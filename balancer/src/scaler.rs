@@ -9,12 +9,16 @@
 //!   CPU_PER_POD, memory / MEM_PER_POD_MIB, Kafka lag / LAG_PER_POD (each summed over the nodes and
 //!   divided by the node count), and the mean p95 / L_SLO_MS.
 //! - **Urgency** 0–3: 0 below capacity (`u < 1`), 1 up to 1.2, 2 up to 1.5, 3 beyond.
-//! - **Scale out** when urgency ≥ 1, by enough replicas to bring `u` to [`SCALE_OUT_TO`] or less,
-//!   at least 1 and at most 1, 3 or 5 by urgency. While an earlier scale-out has pods that do
-//!   not heartbeat yet, only urgency 3 adds more.
-//! - **Scale in** by exactly one replica when urgency is 0, the remaining pods would stay under
-//!   `headroom` (0.9) of capacity, every pod is ready, no rollout runs, no scale-out happened in
-//!   the last `cooldown` (300 s), and that has held for `in_sustain` decisions in a row.
+//! - **Scale out** when urgency ≥ 1 (urgency 1 only when it held for two decisions in a row, so
+//!   one noisy heartbeat does not add a pod), by enough replicas to bring `u` to
+//!   [`SCALE_OUT_TO`] or less, at least 1 and at most 1, 3 or 5 by urgency. While an earlier
+//!   scale-out has pods that do not heartbeat yet, only urgency 3 adds more, and only if the
+//!   pending pods would not be enough.
+//! - **Scale in** by exactly one replica when urgency is 0, the *peak* load of the last
+//!   `in_window` (600 s) would stay under `headroom` (0.9) of capacity on one pod fewer, every
+//!   pod is ready, no rollout runs, and no scale-out happened in the last `cooldown` (300 s).
+//!   Using the window's peak, not the last heartbeat, is what keeps noisy load from adding a pod
+//!   on a peak and removing it in the next trough (see the simulation's `noisy` curve).
 //! - **Bounds**: SOCKET_MIN_REPLICAS..SOCKET_MAX_REPLICAS, and never below a backup HPA's
 //!   desired replicas.
 //!
@@ -23,6 +27,7 @@
 //! `u < 0.9 < 1`, which a scale-out refuses. The property tests check both.
 
 use rtc_protocol::record::Heartbeat;
+use std::collections::VecDeque;
 
 /// A scale-out stops at the fewest replicas whose utilisation is at most this.
 pub const SCALE_OUT_TO: f64 = 0.9;
@@ -47,8 +52,8 @@ pub struct Policy {
     pub headroom: f64,
     /// No scale-in within this many seconds of a scale-out.
     pub cooldown_secs: f64,
-    /// Consecutive decisions that must all allow a scale-in before one happens.
-    pub in_sustain: u32,
+    /// A scale-in must fit the peak load of this many seconds (and that much history is needed).
+    pub in_window_secs: f64,
 }
 
 /// What the Deployment looks like now.
@@ -65,12 +70,16 @@ pub struct Workload {
 }
 
 /// The scaler's memory between decisions.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct State {
     /// Time (seconds, any fixed origin) of the last scale-out.
     pub last_out: Option<f64>,
-    /// Consecutive decisions that allowed a scale-in.
-    pub in_streak: u32,
+    /// Consecutive decisions at urgency 1 or more.
+    pub over_streak: u32,
+    /// (time, load in pods' worth) of the decisions within the scale-in window, oldest first.
+    pub window: VecDeque<(f64, f64)>,
+    /// When this scaler's first measurement was taken (a scale-in needs a whole window).
+    pub since: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,21 +167,29 @@ pub fn decide(
     w: Workload,
     cap: PodCapacity,
     p: Policy,
-    state: State,
+    mut state: State,
     now: f64,
 ) -> (Decision, State) {
     let floor = p.min.max(w.hpa_desired.unwrap_or(0)).min(p.max);
     let live = heartbeats.iter().filter(|h| !h.draining).count();
-    let hold = |reason: String, u: f64, dim: &'static str, urg: u8| Decision {
-        direction: Direction::Hold,
-        replicas: w.replicas,
-        urgency: urg,
-        utilisation: u,
-        dimension: dim,
-        live,
-        reason,
-    };
-    let to = |direction, replicas, reason: String, u, dim, urg| Decision {
+    let measured = utilisation(heartbeats, cap);
+    let (u, dim) = measured.unwrap_or((0.0, "none"));
+    let urg = if measured.is_some() { urgency(u) } else { 0 };
+    let n = live as u32;
+    let load = u * n as f64;
+    if measured.is_some() {
+        state.window.push_back((now, load));
+        state.since.get_or_insert(now);
+    }
+    while state
+        .window
+        .front()
+        .is_some_and(|&(t, _)| now - t > p.in_window_secs)
+    {
+        state.window.pop_front();
+    }
+    state.over_streak = if urg > 0 { state.over_streak + 1 } else { 0 };
+    let decision = |direction, replicas, reason: String| Decision {
         direction,
         replicas,
         urgency: urg,
@@ -181,111 +198,54 @@ pub fn decide(
         live,
         reason,
     };
+    let hold = |reason: String| decision(Direction::Hold, w.replicas, reason);
     if w.replicas < floor {
-        let d = to(
-            Direction::Out,
-            floor,
-            format!("{} replicas are below the floor {floor}", w.replicas),
-            0.0,
-            "bounds",
-            0,
-        );
-        return (
-            d,
-            State {
-                last_out: Some(now),
-                in_streak: 0,
-            },
-        );
+        state.last_out = Some(now);
+        let why = format!("{} replicas are below the floor {floor}", w.replicas);
+        return (decision(Direction::Out, floor, why), state);
     }
     if w.replicas > p.max {
-        let d = to(
-            Direction::In,
-            p.max,
-            format!("{} replicas are above the maximum {}", w.replicas, p.max),
-            0.0,
-            "bounds",
-            0,
-        );
-        return (
-            d,
-            State {
-                in_streak: 0,
-                ..state
-            },
-        );
+        let why = format!("{} replicas are above the maximum {}", w.replicas, p.max);
+        return (decision(Direction::In, p.max, why), state);
     }
-    let Some((u, dim)) = utilisation(heartbeats, cap) else {
-        return (
-            hold("no live socket node heartbeats".into(), 0.0, "none", 0),
-            State {
-                in_streak: 0,
-                ..state
-            },
-        );
-    };
-    let urg = urgency(u);
-    let n = live as u32;
+    if measured.is_none() {
+        return (hold("no live socket node heartbeats".into()), state);
+    }
     if urg > 0 {
         if w.replicas >= p.max {
-            return (
-                hold(
-                    format!(
-                        "{dim} at {u:.2} of capacity but already at the maximum {}",
-                        p.max
-                    ),
-                    u,
-                    dim,
-                    urg,
-                ),
-                State {
-                    in_streak: 0,
-                    ..state
-                },
+            let why = format!(
+                "{dim} at {u:.2} of capacity but already at the maximum {}",
+                p.max
             );
+            return (hold(why), state);
         }
-        if n < w.replicas && urg < 3 {
-            return (
-                hold(
-                    format!(
-                        "{dim} at {u:.2} of capacity; waiting for {} pod(s) of the last scale-out",
-                        w.replicas - n
-                    ),
-                    u,
-                    dim,
-                    urg,
-                ),
-                State {
-                    in_streak: 0,
-                    ..state
-                },
-            );
+        if urg == 1 && state.over_streak < 2 {
+            let why = format!("{dim} at {u:.2} of capacity (urgency 1): once more to act");
+            return (hold(why), state);
         }
-        // The fewest replicas with utilisation ≤ SCALE_OUT_TO, counted from the live nodes.
-        let load = u * n as f64;
+        // The fewest replicas with utilisation ≤ SCALE_OUT_TO, counted from the live nodes'
+        // load; pods still starting count as replicas already.
         let needed = ((load / SCALE_OUT_TO).ceil() as u32).saturating_sub(w.replicas);
+        let pending = w.replicas.saturating_sub(n);
+        if pending > 0 && (urg < 3 || needed == 0) {
+            let why = format!(
+                "{dim} at {u:.2} of capacity; waiting for {pending} pod(s) of the last scale-out"
+            );
+            return (hold(why), state);
+        }
         let step = needed.clamp(1, max_step(urg));
         let replicas = (w.replicas + step).min(p.max);
-        let d = to(
-            Direction::Out,
-            replicas,
-            format!(
-                "{dim} at {u:.2} of capacity (urgency {urg}): +{}",
-                replicas - w.replicas
-            ),
-            u,
-            dim,
-            urg,
+        state.last_out = Some(now);
+        let why = format!(
+            "{dim} at {u:.2} of capacity (urgency {urg}): +{}",
+            replicas - w.replicas
         );
-        return (
-            d,
-            State {
-                last_out: Some(now),
-                in_streak: 0,
-            },
-        );
+        return (decision(Direction::Out, replicas, why), state);
     }
     // Scale in?
+    let peak = state.window.iter().map(|&(_, l)| l).fold(0.0, f64::max);
+    let history = state.since.map_or(0.0, |t| now - t);
+    let after = peak / (n.max(2) - 1) as f64;
     let blocked = if w.replicas <= floor {
         Some(format!("at the floor {floor}"))
     } else if n < w.replicas {
@@ -296,62 +256,32 @@ pub fn decide(
         Some("a rollout is in progress".into())
     } else if let Some(t) = state.last_out.filter(|t| now - t < p.cooldown_secs) {
         Some(format!("{:.0} s since the last scale-out", now - t))
+    } else if history + 1e-9 < p.in_window_secs {
+        Some(format!(
+            "{history:.0} s of history, {:.0} s needed",
+            p.in_window_secs
+        ))
+    } else if after >= p.headroom {
+        Some(format!(
+            "the peak of {peak:.2} pods' worth would be {after:.2} of capacity on {} pods (headroom {})",
+            n - 1,
+            p.headroom
+        ))
     } else {
-        let after = u * n as f64 / (n - 1).max(1) as f64;
-        (after >= p.headroom).then(|| {
-            format!(
-                "{dim} would be at {after:.2} of capacity on {} pods (headroom {})",
-                n - 1,
-                p.headroom
-            )
-        })
+        None
     };
     if let Some(why) = blocked {
-        return (
-            hold(format!("{dim} at {u:.2}; no scale-in: {why}"), u, dim, 0),
-            State {
-                in_streak: 0,
-                ..state
-            },
-        );
+        return (hold(format!("{dim} at {u:.2}; no scale-in: {why}")), state);
     }
-    let streak = state.in_streak + 1;
-    if streak < p.in_sustain {
-        return (
-            hold(
-                format!(
-                    "{dim} at {u:.2}; scale-in allowed {streak}/{} times in a row",
-                    p.in_sustain
-                ),
-                u,
-                dim,
-                0,
-            ),
-            State {
-                in_streak: streak,
-                ..state
-            },
-        );
-    }
-    let d = to(
-        Direction::In,
-        w.replicas - 1,
-        format!(
-            "{dim} at {u:.2}: {} pods would carry it at {:.2} of capacity",
-            n - 1,
-            u * n as f64 / (n - 1) as f64
-        ),
-        u,
-        dim,
-        0,
+    let why = format!(
+        "{dim} at {u:.2}: {} pods would carry the peak of the last {:.0} s at {after:.2} of capacity",
+        n - 1,
+        p.in_window_secs
     );
-    (
-        d,
-        State {
-            in_streak: 0,
-            ..state
-        },
-    )
+    // The window's loads are in pods' worth, so they stay valid for the next decision: after a
+    // peak has left the window, the scaler removes one pod per decision while every pod is
+    // ready (the actuator empties each one first, which paces it).
+    (decision(Direction::In, w.replicas - 1, why), state)
 }
 
 #[cfg(test)]
@@ -372,7 +302,7 @@ mod tests {
         max: 50,
         headroom: 0.9,
         cooldown_secs: 300.0,
-        in_sustain: 3,
+        in_window_secs: 30.0,
     };
 
     fn hbs(n: u32, conns_total: f64) -> Vec<Heartbeat> {
@@ -406,7 +336,7 @@ mod tests {
 
     #[test]
     fn urgency_sets_the_step() {
-        let (d, _) = decide(
+        let (d, s) = decide(
             &hbs(4, 440.0),
             steady(4),
             CAP,
@@ -414,7 +344,18 @@ mod tests {
             State::default(),
             0.0,
         );
-        assert_eq!((d.direction, d.urgency, d.replicas), (Direction::Out, 1, 5));
+        assert_eq!(
+            (d.direction, d.urgency),
+            (Direction::Hold, 1),
+            "urgency 1 waits once"
+        );
+        let (d, _) = decide(&hbs(4, 440.0), steady(4), CAP, POLICY, s, 15.0);
+        assert_eq!(
+            (d.direction, d.urgency, d.replicas),
+            (Direction::Out, 1, 5),
+            "{}",
+            d.reason
+        );
         assert_eq!(d.dimension, "connections");
         let (d, _) = decide(
             &hbs(4, 560.0),
@@ -442,41 +383,49 @@ mod tests {
     }
 
     #[test]
-    fn scale_in_waits_for_cooldown_readiness_and_a_streak() {
+    fn scale_in_waits_for_cooldown_readiness_and_a_quiet_window() {
         let quiet = hbs(4, 100.0);
         let s = State {
             last_out: Some(0.0),
-            in_streak: 0,
+            ..State::default()
         };
-        let (d, s1) = decide(&quiet, steady(4), CAP, POLICY, s, 100.0);
+        let (d, s) = decide(&quiet, steady(4), CAP, POLICY, s, 100.0);
         assert_eq!(d.direction, Direction::Hold, "cooldown: {}", d.reason);
         let not_ready = Workload {
             all_ready: false,
             ..steady(4)
         };
-        let (d, _) = decide(&quiet, not_ready, CAP, POLICY, s1, 400.0);
+        let (d, s) = decide(&quiet, not_ready, CAP, POLICY, s, 400.0);
         assert_eq!(d.direction, Direction::Hold, "{}", d.reason);
-        let mut s = s1;
-        let mut dirs = vec![];
-        for t in 0..3 {
-            let (d, next) = decide(&quiet, steady(4), CAP, POLICY, s, 400.0 + t as f64);
-            dirs.push(d.direction);
-            s = next;
-        }
-        assert_eq!(dirs, [Direction::Hold, Direction::Hold, Direction::In]);
-        let backup = Workload {
-            hpa_desired: Some(4),
-            ..steady(4)
-        };
-        let (d, _) = decide(
-            &quiet,
-            backup,
-            CAP,
-            POLICY,
-            State { in_streak: 9, ..s },
-            500.0,
+        // A peak inside the window blocks it: 300 connections would be 1.0 on 3 pods.
+        let (d, s) = decide(&hbs(4, 300.0), steady(4), CAP, POLICY, s, 410.0);
+        assert_eq!(d.direction, Direction::Hold, "{}", d.reason);
+        let (d, s) = decide(&quiet, steady(4), CAP, POLICY, s, 420.0);
+        assert_eq!(
+            d.direction,
+            Direction::Hold,
+            "the peak is 10 s old: {}",
+            d.reason
         );
-        assert_eq!(d.direction, Direction::Hold, "never below the backup HPA");
+        let (d, s) = decide(&quiet, steady(4), CAP, POLICY, s, 441.0);
+        assert_eq!(
+            d.direction,
+            Direction::In,
+            "the peak left the window: {}",
+            d.reason
+        );
+        assert_eq!(d.replicas, 3);
+        let backup = Workload {
+            hpa_desired: Some(3),
+            ..steady(3)
+        };
+        let (d, _) = decide(&hbs(3, 100.0), backup, CAP, POLICY, s, 500.0);
+        assert_eq!(
+            d.direction,
+            Direction::Hold,
+            "never below the backup HPA: {}",
+            d.reason
+        );
     }
 
     proptest! {
@@ -486,9 +435,12 @@ mod tests {
             replicas in 1u32..60, live in 1u32..60, conns in 0.0f64..20_000.0,
             hpa in proptest::option::of(1u32..60), ready: bool, rolling: bool,
             last_out in proptest::option::of(0.0f64..1000.0), streak in 0u32..5,
+            peaks in proptest::collection::vec((900.0f64..1000.0, 0.0f64..100.0), 0..8),
         ) {
             let w = Workload { replicas, all_ready: ready, rolling, hpa_desired: hpa };
-            let s = State { last_out, in_streak: streak };
+            let mut peaks = peaks;
+            peaks.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let s = State { last_out, over_streak: streak, window: peaks.into_iter().collect(), since: Some(0.0) };
             let (d, s2) = decide(&hbs(live, conns), w, CAP, POLICY, s, 1000.0);
             let floor = POLICY.min.max(hpa.unwrap_or(0)).min(POLICY.max);
             match d.direction {
@@ -518,7 +470,7 @@ mod tests {
             let mut dirs = vec![];
             for step in 0..200 {
                 let t = step as f64 * 15.0;
-                let (d, next) = decide(&hbs(replicas, conns), steady(replicas), CAP, POLICY, s, t);
+                let (d, next) = decide(&hbs(replicas, conns), steady(replicas), CAP, POLICY, s.clone(), t);
                 if d.direction != Direction::Hold {
                     dirs.push(d.direction);
                 }

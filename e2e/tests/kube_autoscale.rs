@@ -137,7 +137,7 @@ async fn scenario() {
     bcfg.l_slo_ms = 3_600_000;
     bcfg.scale_interval_secs = 2;
     bcfg.scale_in_cooldown_secs = 20;
-    bcfg.scale_in_sustain = 2;
+    bcfg.scale_in_window_secs = 4;
     bcfg.socket_min_replicas = 2;
     bcfg.socket_max_replicas = 4;
     let server = rtc_balancer::build(bcfg).await.unwrap();
