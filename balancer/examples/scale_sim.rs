@@ -84,7 +84,7 @@ fn curves() -> Vec<Curve> {
             hours: 4.0,
             // Around the edge of 2 pods' capacity: up and down by 10 % every 2 minutes, plus noise.
             demand: Box::new(move |t| {
-                let base = if (t / 120.0) as u64 % 2 == 0 {
+                let base = if ((t / 120.0) as u64).is_multiple_of(2) {
                     9_200.0
                 } else {
                     10_800.0

@@ -172,6 +172,14 @@ pub struct Server {
 }
 
 pub async fn build(cfg: Config) -> anyhow::Result<Server> {
+    let metrics = Metrics::new();
+    // Counters with a known label set start at 0, so dashboards and alerts see them at once.
+    for d in ["out", "in"] {
+        metrics.scale_signals.with_label_values(&[d]);
+    }
+    for o in ["planned", "unplanned"] {
+        metrics.scale_in.with_label_values(&[o]);
+    }
     cfg.validate()?;
     let listener = TcpListener::bind(&cfg.listen_addr)
         .await
@@ -185,7 +193,7 @@ pub async fn build(cfg: Config) -> anyhow::Result<Server> {
         leadership: cfg
             .enable_leader_election
             .then(|| Arc::new(election::Leadership::default())),
-        metrics: Metrics::new(),
+        metrics,
         cfg,
     });
     Ok(Server {

@@ -15,7 +15,8 @@ pub struct Config {
     /// Admin listener: /healthz, /readyz, /routes, /metrics.
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:9090")]
     pub admin_addr: String,
-    /// Balancer addresses (`host:port`, comma separated) that serve /api/v1/resolve.
+    /// Balancer addresses (`host:port`, comma separated) that serve /api/v1/resolve; a host name
+    /// (on Kubernetes, the balancers' ClusterIP Service) is resolved once at start.
     #[arg(
         long,
         env = "BALANCER_ADDRS",
@@ -72,9 +73,14 @@ impl Config {
             "BALANCER_ADDRS must name at least one balancer"
         );
         for a in &self.balancer_addrs {
+            // `ip:port` or `name:port`: a name (a Kubernetes Service) is resolved once at start.
+            let port = a.rsplit_once(':').and_then(|(h, p)| {
+                (!h.is_empty()).then_some(())?;
+                p.parse::<u16>().ok()
+            });
             anyhow::ensure!(
-                a.parse::<std::net::SocketAddr>().is_ok(),
-                "BALANCER_ADDRS entry {a:?} is not host:port with an IP"
+                port.is_some(),
+                "BALANCER_ADDRS entry {a:?} is not host:port"
             );
         }
         anyhow::ensure!(

@@ -5,6 +5,7 @@ use tracing_subscriber::EnvFilter;
 
 /// Human logs locally, JSON when `LOG_FORMAT=json`; level from `RUST_LOG` (default `info`).
 pub fn init(component: &str) {
+    started();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
@@ -51,7 +52,20 @@ pub fn render(registry: &prometheus::Registry) -> String {
     use prometheus::Encoder;
     let mut buf = Vec::new();
     let _ = prometheus::TextEncoder::new().encode(&registry.gather(), &mut buf);
-    String::from_utf8(buf).unwrap_or_default()
+    let mut text = String::from_utf8(buf).unwrap_or_default();
+    // The standard process metric, so that restarts show (`changes()` over it).
+    text.push_str(&format!(
+        "# HELP process_start_time_seconds Start time of the process since the Unix epoch, seconds\n\
+         # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {}\n",
+        started()
+    ));
+    text
+}
+
+/// When this process started (first asked: `init` asks at start), Unix seconds.
+fn started() -> f64 {
+    static STARTED: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(|| now_ms() as f64 / 1000.0)
 }
 
 /// CPU seconds this process has used so far, and its resident bytes.

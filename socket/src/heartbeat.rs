@@ -53,6 +53,7 @@ pub async fn run_heartbeat(
                 .set(v as f64 / 1e6);
         }
         let draining = node.draining.load(Ordering::Relaxed);
+        node.metrics.serving_slots.set(node.serving_slots() as i64);
         let hb = Heartbeat {
             node_id: node.id.clone(),
             addr: addr.clone(),

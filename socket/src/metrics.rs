@@ -22,6 +22,8 @@ pub struct Metrics {
     pub drain_remaining: IntGauge,
     pub drain_time: Gauge,
     pub owned_slots: IntGauge,
+    /// Owned slots that serve clients (the others are still loading).
+    pub serving_slots: IntGauge,
     pub ring_epoch: IntGauge,
     /// Records behind the end of each owned `rtc.deliver` partition (kafka-exporter cannot see
     /// consumers that assign partitions themselves, as ours do).
@@ -48,7 +50,7 @@ impl Metrics {
             registry
         )
         .expect(rtc_serverkit::telemetry::UNIQUE_METRIC);
-        Metrics {
+        let m = Metrics {
             active_connections: register_int_gauge_with_registry!(
                 "rtc_socket_active_connections",
                 "Open client WebSockets",
@@ -106,6 +108,12 @@ impl Metrics {
                 registry
             )
             .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            serving_slots: register_int_gauge_with_registry!(
+                "rtc_socket_serving_slots",
+                "Owned slots that serve clients (the rest are loading their history)",
+                registry
+            )
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
             ring_epoch: register_int_gauge_with_registry!(
                 "rtc_socket_ring_epoch",
                 "Newest ring epoch applied",
@@ -120,7 +128,23 @@ impl Metrics {
             )
             .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
             registry,
+        };
+        // The close codes a server closes with start at 0, so alerts on them (4001: slow
+        // consumers) and dashboards see the series before the first close.
+        use rtc_protocol::error::close;
+        for code in [
+            close::GOING_AWAY,
+            close::PROTOCOL_ERROR,
+            close::INVALID_DATA,
+            close::TOO_BIG,
+            close::INTERNAL,
+            close::SLOW_CONSUMER,
+            close::MOVED,
+            close::REPLACED,
+        ] {
+            m.closed.with_label_values(&[&code.to_string()]);
         }
+        m
     }
 
     pub fn render(&self) -> String {

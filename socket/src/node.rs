@@ -499,4 +499,11 @@ impl Node {
     pub fn owned(&self) -> BTreeSet<u32> {
         (0..self.slots).filter(|&s| self.slot(s).owned()).collect()
     }
+
+    /// How many owned slots serve clients now (not loading).
+    pub fn serving_slots(&self) -> usize {
+        (0..self.slots)
+            .filter(|&s| self.slot(s).admit().is_ok())
+            .count()
+    }
 }
