@@ -75,18 +75,24 @@ for _ in $(seq 1 60); do
 done
 [ -n "$ip" ] || die "the gateway Service got no external IP (is 'minikube tunnel' running?)"
 
-say "load: rtc-loadtest from the image against http://$ip (200 connections, 20 s)"
-kc -n "$NS" run rtc-loadtest --rm -i --restart=Never --image=reactive-rtc:dev --image-pull-policy=Never \
-  --overrides='{"spec":{"securityContext":{"runAsNonRoot":true,"runAsUser":10001,"seccompProfile":{"type":"RuntimeDefault"}},"containers":[{"name":"rtc-loadtest","image":"reactive-rtc:dev","imagePullPolicy":"Never","command":["/usr/local/bin/rtc-loadtest","--target","gateway.rtc.svc.cluster.local:80","--connections","200","--duration","20","--fail-if","lost==0"],"securityContext":{"allowPrivilegeEscalation":false,"readOnlyRootFilesystem":true,"capabilities":{"drop":["ALL"]}}}]}}' \
-  || say "the load test reported a problem (see above)"
-
-say "connections per socket pod:"
-kc -n "$NS" port-forward service/gateway-admin 19090:9090 >/dev/null 2>&1 &
+say "load: rtc-loadtest from the image against the gateway (300 connections, 45 s)"
+kc -n "$NS" delete pod rtc-loadtest --ignore-not-found >/dev/null
+kc -n "$NS" run rtc-loadtest --restart=Never --image=reactive-rtc:dev --image-pull-policy=Never \
+  --overrides='{"spec":{"securityContext":{"runAsNonRoot":true,"runAsUser":10001,"seccompProfile":{"type":"RuntimeDefault"}},"containers":[{"name":"rtc-loadtest","image":"reactive-rtc:dev","imagePullPolicy":"Never","command":["/usr/local/bin/rtc-loadtest","--target","gateway.rtc.svc.cluster.local:80","--connections","300","--ramp-up","5","--duration","45","--fail-if","lost==0"],"securityContext":{"allowPrivilegeEscalation":false,"readOnlyRootFilesystem":true,"capabilities":{"drop":["ALL"]}}}]}}' >/dev/null
+sleep 35   # ramp-up, then two Prometheus scrapes
+kc -n "$NS" port-forward service/prometheus 19091:9090 >/dev/null 2>&1 &
 pf=$!
 sleep 2
-curl -fsS http://127.0.0.1:19090/routes || true
-echo
+say "connections per socket pod (Prometheus):"
+curl -fsS --get http://127.0.0.1:19091/api/v1/query \
+  --data-urlencode 'query=sum by (pod) (rtc_socket_active_connections)' \
+  | python3 -c 'import json,sys; [print("  %-40s %s" % (r["metric"].get("pod"), r["value"][1])) for r in json.load(sys.stdin)["data"]["result"]]' \
+  || say "Prometheus has no answer yet"
 kill "$pf" 2>/dev/null || true
+kc -n "$NS" wait --for=jsonpath='{.status.phase}'=Succeeded pod/rtc-loadtest --timeout=120s >/dev/null \
+  || say "the load test did not succeed:"
+kc -n "$NS" logs rtc-loadtest | tail -n 6
+kc -n "$NS" delete pod rtc-loadtest --ignore-not-found >/dev/null
 
 cat <<EOF
 

@@ -5,8 +5,10 @@
 #   - a Kubernetes control plane built from the Go module proxy (Go comes with our machines);
 #   - Apache Kafka (a real broker) from Maven Central's jars, cached outside the clone (Java 17
 #     and Maven come with our machines; installed with apt when missing);
-# then every test on librdkafka's embedded mock cluster, and the Kafka integration tests again
-# on the real broker.
+#   - the deployment checkers (kubernetes-validate, checkov, hadolint, promtool; cached) and
+#     podman (apt) with a debootstrapped base image (cached);
+# then every test on librdkafka's embedded mock cluster, the Kafka integration tests again on
+# the real broker, the checks of the manifests and the system run from its container image.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,3 +45,7 @@ echo "== Autobahn|Testsuite through the gateway (summary below)"
 RTC_TEST_KAFKA=mock cargo test -p rtc-e2e --test autobahn -- --nocapture
 echo "== Kafka integration tests, Kafka = Apache Kafka $(testkit/tools/kafka/kafka.sh version)"
 RTC_TEST_KAFKA=broker cargo test -p rtc-e2e --test data_path --test drain --test real_broker_outage --no-fail-fast
+echo "== deployment: manifests, dashboard, alerts, Dockerfile (scripts/check-deploy.sh)"
+scripts/check-deploy.sh
+echo "== the system from its container image (scripts/image-smoke.sh)"
+scripts/image-smoke.sh
