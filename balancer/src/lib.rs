@@ -4,6 +4,7 @@
 //! live set from heartbeats and the ring from `rtc.control`, and all answer resolve.
 
 pub mod actuator;
+pub mod auth;
 pub mod config;
 pub mod election;
 pub mod liveness;
@@ -104,6 +105,8 @@ pub struct Balancer {
     live: RwLock<HashSet<String>>,
     /// The heartbeats of the last ring round, dead nodes left out (the scaler's input).
     heartbeats: RwLock<Vec<Heartbeat>>,
+    /// JWT identity at resolve, when configured.
+    pub jwt: Option<auth::Verifier>,
     /// None: the only balancer (no election), always the writer.
     pub leadership: Option<Arc<election::Leadership>>,
     pub metrics: Metrics,
@@ -185,7 +188,9 @@ pub async fn build(cfg: Config) -> anyhow::Result<Server> {
         .await
         .with_context(|| format!("binding LISTEN_ADDR {}", cfg.listen_addr))?;
     let addr = listener.local_addr()?;
+    let jwt = auth::Verifier::from_config(&cfg)?;
     let bal = Arc::new(Balancer {
+        jwt,
         secret: cfg.shared.ring_secret.as_bytes().to_vec(),
         ring: RwLock::new(Arc::new(Ring::empty(cfg.shared.slots))),
         live: RwLock::new(HashSet::new()),

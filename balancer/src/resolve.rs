@@ -9,7 +9,11 @@ use rtc_protocol::{slot::slot_of, ticket};
 use rtc_serverkit::http::refusal;
 use std::sync::Arc;
 
-pub async fn resolve(State(bal): State<Arc<Balancer>>, RawQuery(q): RawQuery) -> Response {
+pub async fn resolve(
+    State(bal): State<Arc<Balancer>>,
+    headers: http::HeaderMap,
+    RawQuery(q): RawQuery,
+) -> Response {
     let pairs = match query::parse(q.as_deref().unwrap_or("")) {
         Ok(p) => p,
         Err(e) => return bad(&bal, e.reason()),
@@ -19,6 +23,18 @@ pub async fn resolve(State(bal): State<Arc<Balancer>>, RawQuery(q): RawQuery) ->
     };
     if let Err(e) = validate_id(client_id) {
         return bad(&bal, e.client_id_reason());
+    }
+    if let Some(jwt) = &bal.jwt {
+        let auth = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if let Err(r) = jwt.check(auth, client_id) {
+            bal.metrics
+                .resolves
+                .with_label_values(&["unauthorized"])
+                .inc();
+            return refusal(r);
+        }
     }
     let ring = bal.ring();
     let slot = slot_of(client_id, ring.slots());

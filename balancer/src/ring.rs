@@ -272,6 +272,63 @@ mod tests {
         );
     }
 
+    fn loaded(id: &str, conns: u64, cpu: f64, p95: f64) -> Heartbeat {
+        Heartbeat {
+            cpu,
+            p95_ms: p95,
+            ..hb(id, conns, false)
+        }
+    }
+
+    proptest::proptest! {
+        /// No rebalancing on noise: however the loads of nodes below the knee jump around from
+        /// round to round (connections, CPU, latency), the ring changes once (placement) and
+        /// never again.
+        #[test]
+        fn noise_below_capacity_never_moves_a_slot(
+            rounds in proptest::collection::vec(
+                proptest::collection::vec((0u64..=90, 0.0f64..=0.9, 0.0f64..=450.0), 3), 1..80),
+            max_moves in 1usize..20,
+        ) {
+            let mut w = Weights::default();
+            let mut ring = Ring::empty(64);
+            let mut decisions = 0;
+            for r in rounds {
+                let hbs: Vec<Heartbeat> = r.iter().enumerate()
+                    .map(|(i, &(c, cpu, p95))| loaded(["a", "b", "c"][i], c, cpu, p95))
+                    .collect();
+                if let Some((next, _)) = next_ring(&ring, &hbs, &mut w, CAP, 0.25, max_moves, 0) {
+                    ring = next;
+                    decisions += 1;
+                }
+            }
+            proptest::prop_assert_eq!(decisions, 1, "placement only");
+        }
+
+        /// A node far over capacity sheds slots, noise or not.
+        #[test]
+        fn a_node_far_over_capacity_sheds_despite_noise(
+            noise in proptest::collection::vec((0u64..=60, 0.0f64..=0.6), 30),
+            hot in 160u64..400,
+        ) {
+            let mut w = Weights::default();
+            let idle = vec![hb("a", 0, false), hb("b", 0, false), hb("c", 0, false)];
+            let (mut ring, _) = next_ring(&Ring::empty(64), &idle, &mut w, CAP, 0.25, 4, 0).unwrap();
+            let before = ring.slots_of("a").len();
+            for &(c, cpu) in &noise {
+                let hbs = vec![
+                    loaded("a", hot, cpu, 0.0),
+                    loaded("b", c, cpu, 0.0),
+                    loaded("c", 60 - c, 0.6 - cpu, 0.0),
+                ];
+                if let Some((next, _)) = next_ring(&ring, &hbs, &mut w, CAP, 0.25, 4, 0) {
+                    ring = next;
+                }
+            }
+            proptest::prop_assert!(ring.slots_of("a").len() < before, "a still has {} of {}", ring.slots_of("a").len(), before);
+        }
+    }
+
     #[test]
     fn an_overloaded_node_sheds_slots_within_the_cap() {
         let mut w = Weights::default();

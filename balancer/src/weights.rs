@@ -32,12 +32,18 @@ pub fn load(hb: &Heartbeat, cap: Capacity) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Target weight for a load: full headroom below half of capacity, then falling linearly to MIN.
+/// Up to this load a node keeps its full weight: below capacity, load differences between nodes
+/// are noise (CPU of processes sharing a machine, latency spikes of a shared broker) and moving
+/// slots for them costs clients a reconnect each and buys nothing.
+pub const KNEE: f64 = 0.9;
+
+/// Target weight for a load: full up to [`KNEE`], then falling linearly (1000 at 0.9, 900 at
+/// capacity, 400 at 1.5) to MIN at 1.8.
 pub fn target(load: f64) -> u64 {
-    let headroom = if load <= 0.5 {
+    let headroom = if load <= KNEE {
         1.0
     } else {
-        (1.5 - load).clamp(0.0, 1.0)
+        (1.0 - (load - KNEE)).clamp(0.0, 1.0)
     };
     ((headroom * FULL as f64).round() as u64).clamp(MIN, FULL)
 }
@@ -121,7 +127,9 @@ mod tests {
     #[test]
     fn target_falls_with_load_and_keeps_a_floor() {
         assert_eq!(target(0.2), FULL);
-        assert_eq!(target(1.0), 500);
+        assert_eq!(target(KNEE), FULL);
+        assert_eq!(target(1.0), 900);
+        assert_eq!(target(1.5), 400);
         assert_eq!(target(3.0), MIN);
     }
 

@@ -55,6 +55,16 @@ impl Stack {
         nodes: usize,
         tweak: impl Fn(&mut rtc_socket::config::Config) + Send + Sync + 'static,
     ) -> Stack {
+        Self::start_full(kafka, nodes, |_| {}, tweak).await
+    }
+
+    /// [`Stack::start_on`] with the balancer's settings adjusted by `bal_tweak`.
+    pub async fn start_full(
+        kafka: Kafka,
+        nodes: usize,
+        bal_tweak: impl FnOnce(&mut rtc_balancer::config::Config),
+        tweak: impl Fn(&mut rtc_socket::config::Config) + Send + Sync + 'static,
+    ) -> Stack {
         init_logs();
         let redis = RedisServer::start().await.expect("redis starts");
         let mut bcfg = rtc_balancer::config::Config::for_tests(&kafka.bootstrap, &redis.url);
@@ -64,6 +74,7 @@ impl Stack {
         // weights following them would move clients in the middle of a test.
         bcfg.cpu_per_pod = 1e6;
         bcfg.l_slo_ms = 3_600_000;
+        bal_tweak(&mut bcfg);
         let server = rtc_balancer::build(bcfg).await.expect("balancer builds");
         let balancer = server.addr;
         let bal = server.bal.clone();
@@ -175,6 +186,7 @@ impl Stack {
             resolve: self.balancer.to_string(),
             ws: Arc::new(move |n| addrs.lock().unwrap().get(n).cloned()),
             bind: None,
+            bearer: None,
         }
     }
 

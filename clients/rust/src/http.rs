@@ -21,6 +21,9 @@ pub struct Endpoints {
     pub ws: NodeAddr,
     /// Local address to connect from (None: the system's choice).
     pub bind: Option<IpAddr>,
+    /// A JWT sent with resolve as `Authorization: Bearer …`, for deployments that require one
+    /// (its `sub` must be the clientId).
+    pub bearer: Option<String>,
 }
 
 impl Endpoints {
@@ -31,6 +34,7 @@ impl Endpoints {
             resolve: a.clone(),
             ws: Arc::new(move |_| Some(a.clone())),
             bind: None,
+            bearer: None,
         }
     }
 }
@@ -64,6 +68,17 @@ pub async fn request(
     path_and_query: &str,
     bind: Option<IpAddr>,
 ) -> Result<HttpReply, Error> {
+    request_with(method, addr, path_and_query, bind, None).await
+}
+
+/// [`request`] with an `Authorization: Bearer` header when `bearer` is given.
+pub async fn request_with(
+    method: http::Method,
+    addr: &str,
+    path_and_query: &str,
+    bind: Option<IpAddr>,
+    bearer: Option<&str>,
+) -> Result<HttpReply, Error> {
     let http_err = |e: &dyn std::fmt::Display| Error::Http(format!("{addr}{path_and_query}: {e}"));
     let stream = tcp_connect(addr, bind).await?;
     let (mut sender, conn) =
@@ -71,10 +86,14 @@ pub async fn request(
             .await
             .map_err(|e| http_err(&e))?;
     tokio::spawn(conn);
-    let req = http::Request::builder()
+    let mut req = http::Request::builder()
         .method(method)
         .uri(path_and_query)
-        .header(http::header::HOST, addr)
+        .header(http::header::HOST, addr);
+    if let Some(token) = bearer {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let req = req
         // The server closes first, so TIME_WAIT stays on its side and a client making many
         // requests does not run out of local ports.
         .header(http::header::CONNECTION, "close")
@@ -121,7 +140,14 @@ pub(crate) fn query_escape(s: &str) -> String {
 /// refusal comes back as [`Error::Refused`].
 pub async fn resolve(ep: &Endpoints, client_id: &str) -> Result<Resolved, Error> {
     let path = format!("/api/v1/resolve?clientId={}", query_escape(client_id));
-    let r = request(http::Method::GET, &ep.resolve, &path, ep.bind).await?;
+    let r = request_with(
+        http::Method::GET,
+        &ep.resolve,
+        &path,
+        ep.bind,
+        ep.bearer.as_deref(),
+    )
+    .await?;
     if r.status != 200 {
         return Err(Error::Refused(r));
     }
