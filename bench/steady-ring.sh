@@ -20,9 +20,18 @@ cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2
 trap cleanup EXIT
 read -r REDIS GW ADMIN BAL SOCK <<<"$(python3 -c '
 import socket
-ss=[socket.socket() for _ in range(5)]
-[s.bind(("127.0.0.1",0)) for s in ss]
-print(" ".join(str(s.getsockname()[1]) for s in ss))')"
+held = []
+def bind(p):
+    s = socket.socket(); s.bind(("127.0.0.1", p)); held.append(s); return s.getsockname()[1]
+# SOCK, SOCK+1, SOCK+2 for the three socket nodes; every port held until all are chosen.
+for _ in range(200):
+    base = bind(0)
+    try:
+        bind(base + 1); bind(base + 2); break
+    except OSError:
+        pass
+singles = [bind(0) for _ in range(4)]
+print(*singles, base)')"
 redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
 PIDS+=($!)
 NODES=3 GATEWAY_PORT=$GW GATEWAY_ADMIN_PORT=$ADMIN BALANCER_PORT=$BAL SOCKET_BASE_PORT=$SOCK \
@@ -49,7 +58,8 @@ PIDS+=($!)
 
 "$BIN/rtc-loadtest" --target "127.0.0.1:$GW" --connections "$CONNS" --ramp-up 10 --duration "$SECS" \
   --msg-interval "$INTERVAL" --json >"$WORK/report.json" 2>"$WORK/loadtest.err" || true
-python3 - "$WORK/report.json" <<'EOF' || { tail -5 "$WORK/loadtest.err"; exit 1; }
+valid=1
+python3 - "$WORK/report.json" <<'EOF' || { tail -3 "$WORK/loadtest.err"; valid=0; }
 import json, sys
 r = json.load(open(sys.argv[1]))
 print(f"load: {r['clients']} clients, {r['sent']} sent, {r['delivered']} delivered, lost {r['lost']}, "
@@ -62,3 +72,4 @@ moves=$(grep "ring decision" "$WORK/local.log" | tail -n +"$((placed + 1))" | se
 echo "ring decisions at placement: $placed"
 echo "ring decisions during the steady run: $((total - placed)) (slots moved: ${moves:-0})"
 echo "heartbeat rounds recorded: $(wc -l <"$OUT/steady-heartbeats.jsonl") ($OUT/steady-heartbeats.jsonl)"
+[ "$valid" = 1 ] || { echo "invalid run (see above)"; exit 1; }

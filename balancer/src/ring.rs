@@ -33,6 +33,7 @@ pub fn next_ring(
     term: u64,
 ) -> Option<(Ring, rtc_protocol::ring::Plan)> {
     let epoch = current.next_epoch(term)?;
+    let cap = weights::relative_latency(cap, heartbeats);
     let targets: BTreeMap<String, u64> = live(heartbeats)
         .map(|h| (h.node_id.clone(), weights::target(weights::load(h, cap))))
         .collect();

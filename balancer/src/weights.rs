@@ -32,6 +32,28 @@ pub fn load(hb: &Heartbeat, cap: Capacity) -> f64 {
         .fold(0.0, f64::max)
 }
 
+/// The capacity to weigh nodes by, with latency made relative: a node's p95 counts against the
+/// larger of L_SLO_MS and twice the median p95 of the live nodes. Latency that every node shares
+/// (a slow broker, a saturated machine) then weighs nothing — moving slots cannot fix it, and
+/// its noise would move them back and forth — while a node much slower than its peers still
+/// sheds. (Scaling looks at absolute latency; see `scaler.rs`.)
+pub fn relative_latency(cap: Capacity, heartbeats: &[Heartbeat]) -> Capacity {
+    let mut p95: Vec<f64> = heartbeats
+        .iter()
+        .filter(|h| !h.draining && h.p95_ms.is_finite())
+        .map(|h| h.p95_ms)
+        .collect();
+    if p95.is_empty() {
+        return cap;
+    }
+    p95.sort_by(f64::total_cmp);
+    let median = p95[p95.len() / 2];
+    Capacity {
+        slo_ms: cap.slo_ms.max(2.0 * median),
+        ..cap
+    }
+}
+
 /// Up to this load a node keeps its full weight: below capacity, load differences between nodes
 /// are noise (CPU of processes sharing a machine, latency spikes of a shared broker) and moving
 /// slots for them costs clients a reconnect each and buys nothing.
@@ -117,6 +139,22 @@ mod tests {
         slo_ms: 500.0,
         cpu: 1.0,
     };
+
+    #[test]
+    fn shared_latency_weighs_nothing_a_slow_node_still_counts() {
+        let slow = |p95: f64| Heartbeat {
+            p95_ms: p95,
+            ..hb(0, 0.0)
+        };
+        let all_slow = [slow(3000.0), slow(3300.0), slow(2800.0)];
+        let cap = relative_latency(CAP, &all_slow);
+        assert_eq!(cap.slo_ms, 6000.0);
+        assert!(all_slow.iter().all(|h| load(h, cap) <= KNEE));
+        let one_slow = [slow(100.0), slow(120.0), slow(2000.0)];
+        let cap = relative_latency(CAP, &one_slow);
+        assert_eq!(cap.slo_ms, CAP.slo_ms);
+        assert!(load(&one_slow[2], cap) > 1.5);
+    }
 
     #[test]
     fn load_is_the_worst_ratio() {

@@ -40,6 +40,14 @@ impl Options {
             connect_deadline: Duration::from_secs(60),
         }
     }
+
+    /// Sends `jwt` with every resolve (`Authorization: Bearer`), for deployments that require
+    /// one; its `sub` must be the clientId. A client whose token expires gets a non-retryable
+    /// 401 on its next reconnect: build the client again with a fresh token.
+    pub fn bearer(mut self, jwt: &str) -> Self {
+        self.endpoints.bearer = Some(jwt.to_string());
+        self
+    }
 }
 
 /// A client that stays connected; see the module docs for what it does on its own.
