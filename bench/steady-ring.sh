@@ -10,6 +10,7 @@
 # or the load test lost messages or could not connect its clients).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 CONNS="${1:-2000}"; INTERVAL="${2:-200}"; SECS="${3:-300}"
 OUT=bench/out; mkdir -p "$OUT"
 cargo build --release --quiet --bins
@@ -18,27 +19,13 @@ WORK="$(mktemp -d)"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done; rm -rf "$WORK"; }
 trap cleanup EXIT
-read -r REDIS GW ADMIN BAL SOCK <<<"$(python3 -c '
-import socket
-held = []
-def bind(p):
-    s = socket.socket(); s.bind(("127.0.0.1", p)); held.append(s); return s.getsockname()[1]
-# SOCK, SOCK+1, SOCK+2 for the three socket nodes; every port held until all are chosen.
-for _ in range(200):
-    base = bind(0)
-    try:
-        bind(base + 1); bind(base + 2); break
-    except OSError:
-        pass
-singles = [bind(0) for _ in range(4)]
-print(*singles, base)')"
+read -r REDIS GW ADMIN BAL SOCK <<<"$(free_ports 4 3)"
 redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
 PIDS+=($!)
 NODES=3 GATEWAY_PORT=$GW GATEWAY_ADMIN_PORT=$ADMIN BALANCER_PORT=$BAL SOCKET_BASE_PORT=$SOCK \
   REDIS_URL="redis://127.0.0.1:$REDIS/" RUST_LOG=info LOG_FORMAT=json "$BIN/rtc-local" >"$WORK/local.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 1 120); do curl -fsS "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && break; sleep 0.5; done
-curl -fsS "http://127.0.0.1:$ADMIN/readyz" >/dev/null || { tail -20 "$WORK/local.log"; echo "invalid run: the stack did not come up"; exit 1; }
+wait_http "http://127.0.0.1:$ADMIN/readyz" || { tail -20 "$WORK/local.log"; echo "invalid run: the stack did not come up"; exit 1; }
 sleep 3
 placed=$(grep -c "ring decision" "$WORK/local.log" || true)
 

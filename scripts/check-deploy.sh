@@ -17,6 +17,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
+. scripts/lib.sh
 BIN_DIR="${BIN_DIR:-$ROOT/target/debug}"
 TOOLS="$(scripts/deploy-tools.sh)"
 PY="$TOOLS/python"
@@ -74,20 +75,12 @@ step "5. promtool: alert rules and their tests"
 ( cd manifests/monitoring && "$TOOLS/promtool" check rules alerts.rules.yml && "$TOOLS/promtool" test rules alerts.test.yml )
 
 step "6. dashboard against the metrics the binaries export"
-free_ports() { "$PY" -c '
-import socket,sys
-ss=[socket.socket() for _ in range(int(sys.argv[1]))]
-[s.bind(("127.0.0.1",0)) for s in ss]
-print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"; }
-read -r GW ADMIN BAL SOCK <<<"$(free_ports 4)"
+read -r GW ADMIN BAL SOCK <<<"$(free_ports 3 2)"
 NODES=2 GATEWAY_PORT=$GW GATEWAY_ADMIN_PORT=$ADMIN BALANCER_PORT=$BAL SOCKET_BASE_PORT=$SOCK SLOTS=16 \
   RUST_LOG=warn "$BIN_DIR/rtc-local" >"$WORK/local.log" 2>&1 &
 PIDS+=($!)
-for _ in $(seq 1 120); do
-  curl -fsS "http://127.0.0.1:$ADMIN/readyz" >/dev/null 2>&1 && curl -fsS "http://127.0.0.1:$BAL/readyz" >/dev/null 2>&1 && break
-  sleep 0.5
-done
-curl -fsS "http://127.0.0.1:$ADMIN/readyz" >/dev/null || { cat "$WORK/local.log"; echo "the local stack did not come up"; exit 1; }
+wait_http "http://127.0.0.1:$ADMIN/readyz" && wait_http "http://127.0.0.1:$BAL/readyz" \
+  || { cat "$WORK/local.log"; echo "the local stack did not come up"; exit 1; }
 # Traffic, refusals and closes, so that labelled counters exist.
 "$BIN_DIR/rtc-loadtest" --target "127.0.0.1:$GW" --connections 20 --ramp-up 1 --duration 4 \
   --msg-interval 200 >"$WORK/loadtest.log" 2>&1 || { cat "$WORK/loadtest.log"; exit 1; }
@@ -124,6 +117,14 @@ KUBE_DIR="$WORK/kube"
 KCFG="$(testkit/tools/kube/kube.sh start "$KUBE_DIR")"
 kubectl --kubeconfig "$KCFG" create namespace rtc >/dev/null
 kubectl --kubeconfig "$KCFG" label namespace rtc pod-security.kubernetes.io/enforce=restricted >/dev/null
+# The check can fail: a pod template without the restricted settings draws the warning.
+printf '%s\n' 'apiVersion: apps/v1' 'kind: Deployment' 'metadata: {name: unrestricted, namespace: rtc}' \
+  'spec:' '  selector: {matchLabels: {app: unrestricted}}' '  template:' \
+  '    metadata: {labels: {app: unrestricted}}' '    spec: {containers: [{name: c, image: x}]}' \
+  >"$WORK/unrestricted.yaml"
+kubectl --kubeconfig "$KCFG" apply --server-side --dry-run=server -f "$WORK/unrestricted.yaml" 2>&1 \
+  | grep -q 'would violate PodSecurity "restricted' \
+  || { echo "the apiserver did not warn about an unrestricted pod: this check could not fail"; exit 1; }
 for o in minikube production; do
   kubectl --kubeconfig "$KCFG" apply --server-side --dry-run=server -f "$WORK/$o.builtin.yaml" \
     >"$WORK/$o.apply.log" 2>&1 || { cat "$WORK/$o.apply.log"; exit 1; }

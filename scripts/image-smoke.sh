@@ -11,6 +11,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
+. scripts/lib.sh
 BIN_DIR="${BIN_DIR:-$ROOT/target/debug}"
 CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/rtc/images"
 IMAGE="${IMAGE:-reactive-rtc:ci}"
@@ -65,11 +66,6 @@ for b in rtc-gateway rtc-balancer rtc-socket rtc-loadtest; do
 done
 log "image: user $user, size $(podman image inspect -f '{{.Size}}' "$IMAGE") bytes, all four binaries start"
 
-free_ports() { python3 -c '
-import socket,sys
-ss=[socket.socket() for _ in range(int(sys.argv[1]))]
-[s.bind(("127.0.0.1",0)) for s in ss]
-print(" ".join(str(s.getsockname()[1]) for s in ss))' "$1"; }
 read -r REDIS KAFKA BAL GW ADMIN S0 S1 S2 <<<"$(free_ports 8)"
 
 redis-server --port "$REDIS" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
@@ -96,8 +92,9 @@ run gateway /usr/local/bin/rtc-gateway -e "LISTEN_ADDR=127.0.0.1:$GW" -e "ADMIN_
   -e "BALANCER_ADDRS=127.0.0.1:$BAL" -e "REDIS_URL=redis://127.0.0.1:$REDIS/" -e RUST_LOG=warn
 
 wait_ok() { # url
-  for _ in $(seq 1 120); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.5; done
-  log "no answer from $1"; for n in "${NAMES[@]}"; do podman logs --tail 20 "$n" >&2 || true; done; exit 1
+  wait_http "$1" && return 0
+  for n in "${NAMES[@]}"; do podman logs --tail 20 "$n" >&2 || true; done
+  exit 1
 }
 for url in "http://127.0.0.1:$BAL/healthz" "http://127.0.0.1:$S0/healthz" "http://127.0.0.1:$S1/healthz" \
            "http://127.0.0.1:$S2/healthz" "http://127.0.0.1:$ADMIN/healthz"; do wait_ok "$url"; done

@@ -99,18 +99,9 @@ fn heartbeats(pods: usize, demand: f64) -> Vec<Heartbeat> {
     (0..pods)
         .map(|i| Heartbeat {
             node_id: format!("n{i}"),
-            addr: String::new(),
             connections: (demand / pods as f64).round() as u64,
-            msgs_per_sec: 0.0,
-            p95_ms: 0.0,
-            cpu: 0.0,
-            mem_bytes: 0,
-            kafka_lag: 0,
-            draining: false,
             ready: true,
-            slots: vec![],
-            epoch: 0,
-            ts_ms: 0,
+            ..Heartbeat::default()
         })
         .collect()
 }

@@ -90,6 +90,21 @@ fn name_of(p: &Pod) -> String {
     p.metadata.name.clone().unwrap_or_default()
 }
 
+/// The pods being deleted.
+fn terminating(pods: &[Arc<Pod>]) -> BTreeSet<String> {
+    pods.iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_some())
+        .map(|p| name_of(p))
+        .collect()
+}
+
+/// Which pods a scale-in chose and saw deleted (for its audit record).
+#[derive(Default)]
+struct ScaleInPods {
+    chosen: Option<String>,
+    deleted: Vec<String>,
+}
+
 pub struct Actuator {
     bal: Arc<Balancer>,
     deployments: Api<Deployment>,
@@ -251,29 +266,16 @@ impl Actuator {
             Direction::Out => {
                 self.still_leader(term)?;
                 let outcome = self.write_scale(replicas, decision.replicas).await;
-                self.record(&decision, replicas, term, None, vec![], &outcome)
+                self.record(&decision, replicas, term, ScaleInPods::default(), &outcome)
                     .await;
                 outcome.map(|_| next)
             }
             Direction::In => {
-                let mut audit_chosen = None;
-                let mut deleted = vec![];
+                let mut pods = ScaleInPods::default();
                 let outcome = self
-                    .scale_in(
-                        &decision,
-                        replicas,
-                        &heartbeats,
-                        term,
-                        &mut audit_chosen,
-                        &mut deleted,
-                    )
+                    .scale_in(&decision, replicas, &heartbeats, term, &mut pods)
                     .await;
-                let text = match &outcome {
-                    Ok(t) => Ok(*t),
-                    Err(e) => Err(anyhow::anyhow!("{e:#}")),
-                };
-                self.record(&decision, replicas, term, audit_chosen, deleted, &text)
-                    .await;
+                self.record(&decision, replicas, term, pods, &outcome).await;
                 outcome.map(|_| next)
             }
         }
@@ -305,17 +307,17 @@ impl Actuator {
         Ok("done")
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Scale-in by one: the least-loaded ready pod is chosen, emptied, given the lowest
+    /// deletion cost, and the Deployment scaled down; `planned` when the ReplicaSet controller
+    /// then deletes that pod, `unplanned` when it deletes another.
     async fn scale_in(
         &self,
         d: &Decision,
         replicas: u32,
         heartbeats: &[Heartbeat],
         term: u64,
-        chosen_out: &mut Option<String>,
-        deleted_out: &mut Vec<String>,
+        out: &mut ScaleInPods,
     ) -> anyhow::Result<&'static str> {
-        // The least-loaded ready pod that heartbeats.
         let pods = self.pods();
         let chosen = heartbeats
             .iter()
@@ -328,20 +330,57 @@ impl Actuator {
             })
             .cloned()
             .context("no ready pod with a heartbeat to remove")?;
-        *chosen_out = Some(chosen.node_id.clone());
+        out.chosen = Some(chosen.node_id.clone());
         tracing::info!(
             pod = %chosen.node_id, connections = chosen.connections, reason = %d.reason,
             "scale-in: emptying the least-loaded pod first"
         );
         self.still_leader(term)?;
-        let r = self.empty(&chosen, term).await;
-        if let Err(e) = r {
-            // Drained or half-drained, it would never serve again: let it be replaced.
+        let deleted = match self
+            .remove(&chosen, &pods, heartbeats, replicas, d.replicas, term)
+            .await
+        {
+            Ok(deleted) => deleted,
+            Err(e) => {
+                // From its drain on, the chosen pod never serves again: let it be replaced.
+                self.recycle(&chosen.node_id).await;
+                return Err(e);
+            }
+        };
+        out.deleted = deleted.clone();
+        let planned = deleted == [chosen.node_id.clone()];
+        let outcome = if planned { "planned" } else { "unplanned" };
+        self.bal
+            .metrics
+            .scale_in
+            .with_label_values(&[outcome])
+            .inc();
+        if planned {
+            tracing::info!(pod = %chosen.node_id, "scale-in: the ReplicaSet controller deleted the chosen pod");
+        } else {
+            tracing::warn!(
+                chosen = %chosen.node_id, deleted = ?deleted,
+                "scale-in: an unplanned loss: the ReplicaSet controller deleted another pod"
+            );
             self.recycle(&chosen.node_id).await;
-            return Err(e);
         }
-        // Deletion costs: the chosen pod lowest, the others by their connections.
-        for p in &pods {
+        Ok(outcome)
+    }
+
+    /// Empties `chosen`, sets the deletion costs (it lowest, the others by connections), waits
+    /// until the pod watch shows its cost, scales `from` → `to`, and returns the pods the
+    /// ReplicaSet controller then started deleting.
+    async fn remove(
+        &self,
+        chosen: &Heartbeat,
+        pods: &[Arc<Pod>],
+        heartbeats: &[Heartbeat],
+        from: u32,
+        to: u32,
+        term: u64,
+    ) -> anyhow::Result<Vec<String>> {
+        self.empty(chosen, term).await?;
+        for p in pods {
             let n = name_of(p);
             let cost = if n == chosen.node_id {
                 CHOSEN_COST
@@ -362,83 +401,54 @@ impl Actuator {
             .await?;
         }
         let want = CHOSEN_COST.to_string();
-        let seen = tokio::time::timeout(Duration::from_secs(15), async {
-            loop {
-                let shown = self.store.state().iter().any(|p| {
+        self.watch_until(Duration::from_secs(15), |pods| {
+            pods.iter()
+                .any(|p| {
                     name_of(p) == chosen.node_id
                         && p.metadata
                             .annotations
                             .as_ref()
                             .and_then(|a| a.get(DELETION_COST))
                             == Some(&want)
-                });
-                if shown {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+                })
+                .then_some(())
         })
-        .await;
-        if seen.is_err() {
-            self.recycle(&chosen.node_id).await;
-            bail!(
+        .await
+        .with_context(|| {
+            format!(
                 "the pod watch never showed the deletion cost of {}",
                 chosen.node_id
-            );
-        }
-        let before: BTreeSet<String> = self
-            .store
-            .state()
-            .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_some())
-            .map(|p| name_of(p))
-            .collect();
+            )
+        })?;
+        let before = terminating(&self.store.state());
         self.still_leader(term)?;
-        if let Err(e) = self.write_scale(replicas, d.replicas).await {
-            self.recycle(&chosen.node_id).await;
-            return Err(e);
-        }
+        self.write_scale(from, to).await?;
         // Which pod does the ReplicaSet controller delete?
-        let deleted = tokio::time::timeout(Duration::from_secs(30), async {
+        Ok(self
+            .watch_until(Duration::from_secs(30), |pods| {
+                let now: Vec<String> = terminating(pods).difference(&before).cloned().collect();
+                (!now.is_empty()).then_some(now)
+            })
+            .await
+            .unwrap_or_default())
+    }
+
+    /// Polls the pod watch's store until `f` finds something, for at most `limit`.
+    async fn watch_until<T>(
+        &self,
+        limit: Duration,
+        mut f: impl FnMut(&[Arc<Pod>]) -> Option<T>,
+    ) -> Option<T> {
+        tokio::time::timeout(limit, async {
             loop {
-                let now: Vec<String> = self
-                    .store
-                    .state()
-                    .iter()
-                    .filter(|p| p.metadata.deletion_timestamp.is_some())
-                    .map(|p| name_of(p))
-                    .filter(|n| !before.contains(n))
-                    .collect();
-                if !now.is_empty() {
-                    return now;
+                if let Some(x) = f(&self.store.state()) {
+                    return x;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
         .await
-        .unwrap_or_default();
-        *deleted_out = deleted.clone();
-        if deleted == [chosen.node_id.clone()] {
-            self.bal
-                .metrics
-                .scale_in
-                .with_label_values(&["planned"])
-                .inc();
-            tracing::info!(pod = %chosen.node_id, "scale-in: the ReplicaSet controller deleted the chosen pod");
-            Ok("planned")
-        } else {
-            self.bal
-                .metrics
-                .scale_in
-                .with_label_values(&["unplanned"])
-                .inc();
-            tracing::warn!(
-                chosen = %chosen.node_id, deleted = ?deleted,
-                "scale-in: an unplanned loss: the ReplicaSet controller deleted another pod"
-            );
-            self.recycle(&chosen.node_id).await;
-            Ok("unplanned")
-        }
+        .ok()
     }
 
     /// Drains `pod` and waits until it has no connection and no slot (bounded by its drain
@@ -506,8 +516,7 @@ impl Actuator {
         d: &Decision,
         from: u32,
         term: u64,
-        chosen: Option<String>,
-        deleted: Vec<String>,
+        pods: ScaleInPods,
         outcome: &anyhow::Result<&'static str>,
     ) {
         let direction = d.direction.as_str();
@@ -529,8 +538,8 @@ impl Actuator {
             dimension: d.dimension,
             live_nodes: d.live,
             reason: d.reason.clone(),
-            chosen,
-            deleted,
+            chosen: pods.chosen,
+            deleted: pods.deleted,
             outcome: match outcome {
                 Ok(o) => o.to_string(),
                 Err(e) => format!("failed: {e:#}"),

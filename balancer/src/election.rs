@@ -45,7 +45,6 @@ struct Lead {
 #[derive(Debug, Default)]
 pub struct Leadership {
     lead: Mutex<Option<Lead>>,
-    changed: tokio::sync::Notify,
 }
 
 impl Leadership {
@@ -58,14 +57,8 @@ impl Leadership {
             .map(|l| l.term)
     }
 
-    /// Resolves when leadership may have changed (acquired, renewed or lost).
-    pub async fn changed(&self) {
-        self.changed.notified().await
-    }
-
     fn set(&self, lead: Option<Lead>) {
         *self.lead.lock().expect("leadership lock is never poisoned") = lead;
-        self.changed.notify_waiters();
     }
 }
 
@@ -92,6 +85,14 @@ impl Record {
 
 fn now() -> MicroTime {
     MicroTime(k8s_openapi::jiff::Timestamp::now())
+}
+
+/// `lease` with its renew time set to now.
+fn renewed(mut lease: Lease) -> Lease {
+    if let Some(spec) = lease.spec.as_mut() {
+        spec.renew_time = Some(now());
+    }
+    lease
 }
 
 /// Runs the election until `cancel`, then releases the Lease if held. `on_change` is told of
@@ -243,51 +244,45 @@ impl Elector {
         let term = record.transitions + 1;
         let mut lease = current;
         lease.spec = Some(self.spec(term));
-        match self
-            .api
-            .replace(&self.s.name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(l) => {
-                self.mine = Some(l);
-                Ok(Some(term as u64))
-            }
-            Err(e) if is_conflict(&e) => Ok(None),
-            Err(e) => Err(e),
-        }
+        Ok(self.write(&lease).await?.then_some(term as u64))
     }
 
-    /// One renew; `Ok(false)` when the Lease is no longer ours.
-    async fn renew(&mut self) -> kube::Result<bool> {
-        let Some(mut lease) = self.mine.clone() else {
-            return Ok(false);
-        };
-        if let Some(spec) = lease.spec.as_mut() {
-            spec.renew_time = Some(now());
-        }
+    /// Replaces the Lease with `lease`, compare-and-set on the resourceVersion it carries: true
+    /// when written (and then it is ours as written), false when someone else wrote first.
+    async fn write(&mut self, lease: &Lease) -> kube::Result<bool> {
         match self
             .api
-            .replace(&self.s.name, &PostParams::default(), &lease)
+            .replace(&self.s.name, &PostParams::default(), lease)
             .await
         {
             Ok(l) => {
                 self.mine = Some(l);
                 Ok(true)
             }
-            Err(e) if is_conflict(&e) => {
-                // Someone wrote the Lease: still ours only if we are still its holder in our term.
-                let current = self.api.get(&self.s.name).await?;
-                let mine = self.mine.as_ref().map(Record::of);
-                let now = Record::of(&current);
-                let ours = now.holder.as_deref() == Some(self.s.identity.as_str())
-                    && mine.is_some_and(|m| m.transitions == now.transitions);
-                if ours {
-                    self.mine = Some(current);
-                }
-                Ok(ours)
-            }
+            Err(e) if is_conflict(&e) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// One renew; `Ok(false)` when the Lease is no longer ours (or could not be renewed twice
+    /// in a row because someone kept writing it: giving up is the safe side).
+    async fn renew(&mut self) -> kube::Result<bool> {
+        let Some(lease) = self.mine.clone() else {
+            return Ok(false);
+        };
+        if self.write(&renewed(lease)).await? {
+            return Ok(true);
+        }
+        // Someone wrote the Lease. Still ours only if we hold it in our term; then renew on
+        // top of what they wrote (a renew that was not written extends nothing).
+        let current = self.api.get(&self.s.name).await?;
+        let now = Record::of(&current);
+        let ours = now.holder.as_deref() == Some(self.s.identity.as_str())
+            && self
+                .mine
+                .as_ref()
+                .is_some_and(|m| Record::of(m).transitions == now.transitions);
+        Ok(ours && self.write(&renewed(current)).await?)
     }
 
     /// Gives the Lease up so a follower need not wait for it to expire.

@@ -215,16 +215,9 @@ mod tests {
             node_id: id.into(),
             addr: "127.0.0.1:1".into(),
             connections: conns,
-            msgs_per_sec: 0.0,
-            p95_ms: 0.0,
-            cpu: 0.0,
-            mem_bytes: 0,
-            kafka_lag: 0,
             draining,
             ready: !draining,
-            slots: vec![],
-            epoch: 0,
-            ts_ms: 0,
+            ..Heartbeat::default()
         }
     }
 

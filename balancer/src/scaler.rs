@@ -309,18 +309,9 @@ mod tests {
         (0..n)
             .map(|i| Heartbeat {
                 node_id: format!("n{i}"),
-                addr: String::new(),
                 connections: (conns_total / n as f64).round() as u64,
-                msgs_per_sec: 0.0,
-                p95_ms: 0.0,
-                cpu: 0.0,
-                mem_bytes: 0,
-                kafka_lag: 0,
-                draining: false,
                 ready: true,
-                slots: vec![],
-                epoch: 0,
-                ts_ms: 0,
+                ..Heartbeat::default()
             })
             .collect()
     }

@@ -118,18 +118,10 @@ mod tests {
     fn hb(conns: u64, cpu: f64) -> Heartbeat {
         Heartbeat {
             node_id: "n".into(),
-            addr: String::new(),
             connections: conns,
-            msgs_per_sec: 0.0,
-            p95_ms: 0.0,
             cpu,
-            mem_bytes: 0,
-            kafka_lag: 0,
-            draining: false,
             ready: true,
-            slots: vec![],
-            epoch: 0,
-            ts_ms: 0,
+            ..Heartbeat::default()
         }
     }
 

@@ -2,6 +2,7 @@
 //! balancer, socket nodes, optionally the gateway) and assertions shared by the tests in
 //! `tests/`, which are every test that crosses services.
 
+pub mod kube;
 pub mod stack;
 pub mod traffic;
 

@@ -28,6 +28,8 @@ pub struct Stack {
     pub bal: Arc<rtc_balancer::Balancer>,
     bal_cancel: CancellationToken,
     pub nodes: Vec<NodeHandle>,
+    /// Ids of the nodes started as processes (`spawn_process_node`).
+    process_nodes: Vec<String>,
     addrs: Arc<Mutex<HashMap<String, String>>>,
     tweak: Arc<dyn Fn(&mut rtc_socket::config::Config) + Send + Sync>,
     next: usize,
@@ -87,6 +89,7 @@ impl Stack {
             bal,
             bal_cancel,
             nodes: Vec::new(),
+            process_nodes: Vec::new(),
             addrs: Arc::new(Mutex::new(HashMap::new())),
             tweak: Arc::new(tweak),
             next: 0,
@@ -155,6 +158,7 @@ impl Stack {
             .lock()
             .unwrap()
             .insert(id.to_string(), addr.clone());
+        self.process_nodes.push(id.to_string());
         let bal = self.bal.clone();
         let id = id.to_string();
         rtc_testkit::wait_for("the process node to serve", Duration::from_secs(60), || {
@@ -258,7 +262,8 @@ pub struct GatewayHandle {
 }
 
 impl GatewayHandle {
-    /// Starts a gateway in front of `stack` and waits until it routes to every running node.
+    /// Starts a gateway in front of `stack` and waits until it routes to every running node
+    /// (in-process nodes and process nodes alike).
     pub async fn start(
         stack: &Stack,
         tweak: impl FnOnce(&mut rtc_gateway::config::Config),
@@ -268,6 +273,7 @@ impl GatewayHandle {
             .iter()
             .filter(|n| n.join.is_some())
             .map(|n| n.id.clone())
+            .chain(stack.process_nodes.iter().cloned())
             .collect();
         Self::start_for(&stack.balancer.to_string(), &stack.redis.url, want, tweak).await
     }

@@ -89,17 +89,9 @@ async fn autobahn_fuzzingclient_through_the_gateway() {
     let hb = Heartbeat {
         node_id: "echo".into(),
         addr: echo_addr.clone(),
-        connections: 0,
-        msgs_per_sec: 0.0,
-        p95_ms: 0.0,
-        cpu: 0.0,
-        mem_bytes: 0,
-        kafka_lag: 0,
-        draining: false,
         ready: true,
-        slots: Vec::new(),
-        epoch: 0,
         ts_ms: rtc_serverkit::telemetry::now_ms(),
+        ..Heartbeat::default()
     };
     rtc_serverkit::store::put_heartbeat(&mut redis, &hb, 600)
         .await

@@ -9,9 +9,9 @@
 //! exactly that pod — twice, down to the floor. Across all of it: 0 lost, 0 duplicated.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Service};
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use rtc_client::Endpoints;
+use rtc_e2e::kube::create;
 use rtc_e2e::stack::GatewayHandle;
 use rtc_e2e::traffic::Traffic;
 use rtc_testkit::kubelet::{Event, Kubelet};
@@ -36,14 +36,6 @@ fn the_leader_scales_out_under_load_and_in_without_losing_a_message() {
         .block_on(scenario());
 }
 
-async fn create<K>(api: &Api<K>, obj: serde_json::Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(obj).unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap();
-}
-
 async fn replicas(deployments: &Api<Deployment>) -> i32 {
     deployments
         .get("socket")
@@ -64,19 +56,7 @@ async fn scenario() {
     let redis = rtc_testkit::redis::RedisServer::start().await.unwrap();
     let kafka = rtc_testkit::kafka::Kafka::from_env(SLOTS).await.unwrap();
 
-    create(
-        &Api::<Namespace>::all(client.clone()),
-        json!({"metadata": {"name": NS}}),
-    )
-    .await;
-    create(
-        &Api::<Service>::namespaced(client.clone(), NS),
-        json!({"metadata": {"name": "socket"}, "spec": {
-            "clusterIP": "None", "selector": {"app": "socket"},
-            "ports": [{"name": "ws", "port": 8090}]
-        }}),
-    )
-    .await;
+    rtc_e2e::kube::namespace_with_socket_service(&client, NS).await;
     let deployments = Api::<Deployment>::namespaced(client.clone(), NS);
     let env = |k: &str, v: String| json!({"name": k, "value": v});
     create(

@@ -1,30 +1,24 @@
 //! Gateway discovery from Kubernetes (DISCOVERY=kube) on a real control plane: the real
 //! ReplicaSet and EndpointSlice controllers turn a socket Deployment into EndpointSlices of its
 //! headless Service, and the gateway's routes follow them — scale 3 → 4 → 2, a pod not ready
-//! (503), a terminating pod (503), a pod gone (404), an unknown name (404). There is no kubelet:
-//! this test binds the pods to a Node object and sets their status as a kubelet would. Pod IPs
+//! (503), a terminating pod (503), a pod gone (404), an unknown name (404). No process runs:
+//! this test binds the pods and sets their status with the test kubelet's own calls. Pod IPs
 //! are from 192.0.2.0/24 (TEST-NET-1: the EndpointSlice controller refuses loopback addresses);
 //! nothing connects to them here.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use rtc_e2e::kube::create;
 use rtc_e2e::stack::{GatewayHandle, Stack};
 use rtc_gateway::route::Lookup;
+use rtc_testkit::kubelet;
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
 
 const NS: &str = "rtc";
 const T: Duration = Duration::from_secs(60);
-
-async fn create<K>(api: &Api<K>, obj: serde_json::Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let obj: K = serde_json::from_value(obj).unwrap();
-    api.create(&PostParams::default(), &obj).await.unwrap();
-}
 
 /// What a kubelet would do for the socket pods: bind new ones to the node, then report them
 /// running and ready with an address of their own.
@@ -40,18 +34,7 @@ async fn play_node(pods: &Api<Pod>, ips: &mut HashMap<String, String>) {
         }
         let spec = p.spec.as_ref().unwrap();
         if spec.node_name.is_none() {
-            let binding = json!({
-                "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-                "target": {"apiVersion": "v1", "kind": "Node", "name": "test-node"}
-            });
-            pods.create_subresource::<serde_json::Value, serde_json::Value>(
-                "binding",
-                &name,
-                &PostParams::default(),
-                &binding,
-            )
-            .await
-            .unwrap();
+            kubelet::bind(pods, &name, "test-node").await.unwrap();
         }
         let running = p
             .status
@@ -70,20 +53,7 @@ async fn play_node(pods: &Api<Pod>, ips: &mut HashMap<String, String>) {
 }
 
 async fn set_ready(pods: &Api<Pod>, name: &str, ip: &str, ready: bool) {
-    let now = "2026-01-01T00:00:00Z";
-    let status = if ready { "True" } else { "False" };
-    let patch = json!({"status": {
-        "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "192.0.2.1",
-        "conditions": [
-            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
-            {"type": "Initialized", "status": "True", "lastTransitionTime": now},
-            {"type": "ContainersReady", "status": status, "lastTransitionTime": now},
-            {"type": "Ready", "status": status, "lastTransitionTime": now},
-        ],
-    }});
-    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
+    kubelet::set_status(pods, name, ip, ready).await.unwrap();
 }
 
 /// Waits until the gateway's table has exactly `want` ready routes (running the node's part as
@@ -129,22 +99,10 @@ async fn gateway_routes_follow_the_socket_deployment_on_a_real_control_plane() {
         .await
         .expect("the control plane starts (binaries from testkit/tools/kube/kube.sh install)");
     let client = cp.client().await.unwrap();
-    create(
-        &Api::<Namespace>::all(client.clone()),
-        json!({"metadata": {"name": NS}}),
-    )
-    .await;
+    rtc_e2e::kube::namespace_with_socket_service(&client, NS).await;
     create(
         &Api::<Node>::all(client.clone()),
         json!({"metadata": {"name": "test-node"}}),
-    )
-    .await;
-    create(
-        &Api::<Service>::namespaced(client.clone(), NS),
-        json!({"metadata": {"name": "socket"}, "spec": {
-            "clusterIP": "None", "selector": {"app": "socket"},
-            "ports": [{"name": "ws", "port": 8090}]
-        }}),
     )
     .await;
     let deployments = Api::<Deployment>::namespaced(client.clone(), NS);

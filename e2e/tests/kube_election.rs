@@ -7,8 +7,7 @@
 //!   go back (fencing), and the socket node ends on the newest term.
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, PostParams};
+use kube::api::Api;
 use rtc_protocol::ring::Ring;
 use rtc_testkit::proc::Owned;
 use std::path::Path;
@@ -106,12 +105,7 @@ async fn one_leader_at_a_time_and_rings_of_a_deposed_leader_are_fenced() {
         .await
         .expect("the control plane starts (binaries from testkit/tools/kube/kube.sh install)");
     let client = cp.client().await.unwrap();
-    let ns: Namespace =
-        serde_json::from_value(serde_json::json!({"metadata": {"name": NS}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
+    rtc_e2e::kube::namespace(&client, NS).await;
     let leases = Api::<Lease>::namespaced(client.clone(), NS);
     let redis = rtc_testkit::redis::RedisServer::start().await.unwrap();
     let kafka = rtc_testkit::kafka::Kafka::from_env(SLOTS).await.unwrap();

@@ -57,7 +57,8 @@ impl Envelope<'_> {
 }
 
 /// What a socket node reports every heartbeat interval (Redis `rtc:node:<nodeId>`, with a TTL).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// (`Default` is for tests and tools that fill in a few fields.)
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Heartbeat {
     pub node_id: String,

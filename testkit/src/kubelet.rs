@@ -103,15 +103,6 @@ impl Kubelet {
         })
     }
 
-    /// The address the kubelet gave `pod`, if it runs it.
-    pub fn ip_of(&self, pod: &str) -> Option<String> {
-        self.pods
-            .lock()
-            .expect("kubelet lock")
-            .get(pod)
-            .map(|r| r.ip.clone())
-    }
-
     pub fn events(&self) -> Vec<Event> {
         self.events.lock().expect("kubelet lock").clone()
     }
@@ -203,18 +194,7 @@ async fn run(
                 continue;
             }
             if spec.node_name.is_none() {
-                let binding = serde_json::json!({
-                    "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
-                    "target": {"apiVersion": "v1", "kind": "Node", "name": cfg.node}
-                });
-                let _ = pods
-                    .create_subresource::<serde_json::Value, serde_json::Value>(
-                        "binding",
-                        &name,
-                        &PostParams::default(),
-                        &binding,
-                    )
-                    .await;
+                let _ = bind(&pods, &name, &cfg.node).await;
                 continue;
             }
             if !ours {
@@ -350,7 +330,23 @@ fn spawn(program: &PathBuf, env: &[(String, String)]) -> std::io::Result<Owned> 
         .map(Owned)
 }
 
-async fn set_status(pods: &Api<Pod>, name: &str, ip: &str, ready: bool) -> kube::Result<Pod> {
+/// Binds pod `name` to Node `node`, as the scheduler would.
+pub async fn bind(pods: &Api<Pod>, name: &str, node: &str) -> kube::Result<serde_json::Value> {
+    let binding = serde_json::json!({
+        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node}
+    });
+    pods.create_subresource::<serde_json::Value, serde_json::Value>(
+        "binding",
+        name,
+        &PostParams::default(),
+        &binding,
+    )
+    .await
+}
+
+/// Reports pod `name` running at `ip`, Ready or not, as a kubelet does.
+pub async fn set_status(pods: &Api<Pod>, name: &str, ip: &str, ready: bool) -> kube::Result<Pod> {
     let now = now_rfc3339();
     let ready = if ready { "True" } else { "False" };
     let patch = serde_json::json!({"status": {
