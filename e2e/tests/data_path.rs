@@ -75,7 +75,7 @@ async fn room_message_fans_out_to_members_on_every_node() {
         c.send_text(json!({"type":"join","id":"j","room":"lobby"}).to_string())
             .await
             .unwrap();
-        c.until(T, |f| f["type"] == "ack" && f["id"] == "j")
+        c.until(T, |f| f["type"] == "joined" && f["id"] == "j")
             .await
             .unwrap();
         members.push(c);

@@ -173,7 +173,14 @@ async fn next_phase(mut phase: watch::Receiver<Phase>) -> (Phase, watch::Receive
 }
 
 fn join_frame(room: &str) -> String {
-    ClientFrame::Join { id: None, room }.to_json()
+    ClientFrame::Join {
+        id: None,
+        room,
+        since: None,
+        last: None,
+        presence: false,
+    }
+    .to_json()
 }
 
 /// Books one text frame; true when the client must reconnect (a `move`).
@@ -252,7 +259,11 @@ fn handle(
             l.closed("move".into());
             return true;
         }
-        ServerFrame::Welcome { .. } => {}
+        ServerFrame::Welcome { .. }
+        | ServerFrame::Joined { .. }
+        | ServerFrame::Presence { .. }
+        | ServerFrame::Online { .. }
+        | ServerFrame::Member { .. } => {}
     }
     false
 }

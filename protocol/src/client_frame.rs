@@ -1,5 +1,6 @@
-//! Frames a client sends (`send`, `publish`, `join`, `leave`, `ping`): parsed by the socket node
-//! (borrowed, validated), built by clients (serialized from the same type).
+//! Frames a client sends (`send`, `publish`, `join`, `leave`, `presence`, `online`, `ping`):
+//! parsed by the socket node (borrowed, validated), built by clients (serialized from the same
+//! type).
 
 use crate::id::{validate_id, MAX_FRAME_ID_BYTES};
 use serde::{Deserialize, Serialize};
@@ -21,21 +22,43 @@ pub enum ClientFrame<'a> {
         room: &'a str,
         data: &'a RawValue,
     },
+    /// Joins `room`; answered by `joined`. With `since` (the newest room `offset` the client
+    /// has), the room messages after it are sent first; with `last`, the last N the node holds.
+    /// `presence`: this connection also gets `member` events (join/leave) of the room.
     Join {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
         room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<i64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last: Option<u32>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        presence: bool,
     },
     Leave {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
         room: &'a str,
     },
+    /// Who is in `room` (answered by `presence`, at most MAX_PRESENCE_MEMBERS names).
+    Presence { id: &'a str, room: &'a str },
+    /// Which of `client_ids` are connected (answered by `online`).
+    Online {
+        id: &'a str,
+        #[serde(rename = "clientIds")]
+        client_ids: Vec<&'a str>,
+    },
     Ping {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a str>,
     },
 }
+
+/// Largest `last` a `join` may ask for.
+pub const MAX_JOIN_LAST: u32 = 1000;
+/// Most clientIds one `online` frame may ask about.
+pub const MAX_ONLINE_IDS: usize = 100;
 
 /// The flat shape every client frame is read through (serde cannot put `RawValue` in a tagged
 /// enum), so a missing field gets a precise error.
@@ -51,6 +74,14 @@ struct RawFrame<'a> {
     room: Option<&'a str>,
     #[serde(default, borrow)]
     data: Option<&'a RawValue>,
+    #[serde(default)]
+    since: Option<i64>,
+    #[serde(default)]
+    last: Option<u32>,
+    #[serde(default)]
+    presence: Option<bool>,
+    #[serde(default, borrow, rename = "clientIds")]
+    client_ids: Option<Vec<&'a str>>,
 }
 
 /// A client frame that cannot be served; sent back as an `error` frame with code `bad_request`.
@@ -93,10 +124,47 @@ impl<'a> ClientFrame<'a> {
                 room: need(raw.room, "room")?,
                 data: need_data()?,
             },
-            "join" => ClientFrame::Join {
-                id,
+            "join" => {
+                if raw.since.is_some() && raw.last.is_some() {
+                    return Err(FrameError(
+                        "`join` takes `since` or `last`, not both".into(),
+                    ));
+                }
+                if raw.since.is_some_and(|s| s < -1) {
+                    return Err(FrameError("`since` must be an offset >= -1".into()));
+                }
+                if raw.last.is_some_and(|n| n == 0 || n > MAX_JOIN_LAST) {
+                    return Err(FrameError(format!("`last` must be 1..={MAX_JOIN_LAST}")));
+                }
+                ClientFrame::Join {
+                    id,
+                    room: need(raw.room, "room")?,
+                    since: raw.since,
+                    last: raw.last,
+                    presence: raw.presence.unwrap_or(false),
+                }
+            }
+            "presence" => ClientFrame::Presence {
+                id: need_id()?,
                 room: need(raw.room, "room")?,
             },
+            "online" => {
+                let ids = raw
+                    .client_ids
+                    .ok_or_else(|| FrameError("`online` needs `clientIds`".into()))?;
+                if ids.is_empty() || ids.len() > MAX_ONLINE_IDS {
+                    return Err(FrameError(format!(
+                        "`clientIds` must hold 1..={MAX_ONLINE_IDS} ids"
+                    )));
+                }
+                for c in &ids {
+                    validate_id(c).map_err(|e| FrameError(format!("`clientIds` entry {e}")))?;
+                }
+                ClientFrame::Online {
+                    id: need_id()?,
+                    client_ids: ids,
+                }
+            }
             "leave" => ClientFrame::Leave {
                 id,
                 room: need(raw.room, "room")?,
@@ -106,13 +174,28 @@ impl<'a> ClientFrame<'a> {
         })
     }
 
+    /// The `id` of a frame that was refused, when it is valid JSON with a usable `id` (so the
+    /// `error` names the frame it answers).
+    pub fn id_of_refused(text: &'a str) -> Option<&'a str> {
+        #[derive(Deserialize)]
+        struct IdOnly<'a> {
+            #[serde(default, borrow)]
+            id: Option<&'a str>,
+        }
+        let i = serde_json::from_str::<IdOnly<'a>>(text).ok()?.id?;
+        (!i.is_empty() && i.len() <= MAX_FRAME_ID_BYTES).then_some(i)
+    }
+
     /// The client's `id`, when the frame has one.
     pub fn id(&self) -> Option<&'a str> {
-        match *self {
-            ClientFrame::Send { id, .. } | ClientFrame::Publish { id, .. } => Some(id),
+        match self {
+            ClientFrame::Send { id, .. }
+            | ClientFrame::Publish { id, .. }
+            | ClientFrame::Presence { id, .. }
+            | ClientFrame::Online { id, .. } => Some(id),
             ClientFrame::Join { id, .. }
             | ClientFrame::Leave { id, .. }
-            | ClientFrame::Ping { id } => id,
+            | ClientFrame::Ping { id } => *id,
         }
     }
 
@@ -145,7 +228,10 @@ mod tests {
             ClientFrame::parse(r#"{"type":"join","room":"r"}"#),
             Ok(ClientFrame::Join {
                 id: None,
-                room: "r"
+                room: "r",
+                since: None,
+                last: None,
+                presence: false,
             })
         ));
         assert!(matches!(
@@ -179,6 +265,26 @@ mod tests {
             ),
             (r#"{"type":"join","room":"a\u0001"}"#, "invalid frame"),
             (r#"{"type":"ping","id":""}"#, "`id` must be"),
+            (
+                r#"{"type":"join","room":"r","since":1,"last":2}"#,
+                "not both",
+            ),
+            (
+                r#"{"type":"join","room":"r","since":-2}"#,
+                "`since` must be",
+            ),
+            (r#"{"type":"join","room":"r","last":0}"#, "`last` must be"),
+            (
+                r#"{"type":"join","room":"r","last":1001}"#,
+                "`last` must be",
+            ),
+            (r#"{"type":"presence","room":"r"}"#, "`presence` needs `id`"),
+            (r#"{"type":"online","id":"o"}"#, "needs `clientIds`"),
+            (r#"{"type":"online","id":"o","clientIds":[]}"#, "1..=100"),
+            (
+                r#"{"type":"online","id":"o","clientIds":[""]}"#,
+                "entry is empty",
+            ),
         ];
         for (text, want) in cases {
             let err = ClientFrame::parse(text).unwrap_err();
@@ -210,8 +316,32 @@ mod tests {
                 ClientFrame::Join {
                     id: None,
                     room: "r",
+                    since: None,
+                    last: None,
+                    presence: false,
                 },
                 r#"{"type":"join","room":"r"}"#,
+            ),
+            (
+                ClientFrame::Join {
+                    id: Some("j"),
+                    room: "r",
+                    since: Some(41),
+                    last: None,
+                    presence: true,
+                },
+                r#"{"type":"join","id":"j","room":"r","since":41,"presence":true}"#,
+            ),
+            (
+                ClientFrame::Presence { id: "q", room: "r" },
+                r#"{"type":"presence","id":"q","room":"r"}"#,
+            ),
+            (
+                ClientFrame::Online {
+                    id: "o",
+                    client_ids: vec!["a", "b"],
+                },
+                r#"{"type":"online","id":"o","clientIds":["a","b"]}"#,
             ),
             (
                 ClientFrame::Leave {

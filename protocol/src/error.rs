@@ -49,6 +49,8 @@ pub enum ErrorCode {
     RateLimited,
     MessageTooBig,
     KafkaUnavailable,
+    /// Redis (presence) did not answer.
+    StoreUnavailable,
     Overloaded,
     UpstreamUnavailable,
     Internal,
@@ -81,6 +83,7 @@ impl ErrorCode {
             | ErrorCode::NoNodes
             | ErrorCode::NotReady
             | ErrorCode::KafkaUnavailable
+            | ErrorCode::StoreUnavailable
             | ErrorCode::Overloaded => 503,
         }
     }
@@ -96,6 +99,7 @@ impl ErrorCode {
             | ErrorCode::NotReady
             | ErrorCode::RateLimited
             | ErrorCode::KafkaUnavailable
+            | ErrorCode::StoreUnavailable
             | ErrorCode::Overloaded
             | ErrorCode::UpstreamUnavailable => Some(1),
             _ => None,
@@ -120,6 +124,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::MessageTooBig => "message_too_big",
             ErrorCode::KafkaUnavailable => "kafka_unavailable",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::Overloaded => "overloaded",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::Internal => "internal",

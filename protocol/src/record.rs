@@ -34,6 +34,14 @@ pub mod redis {
     /// changes, Redis lost its data (a restart without persistence, a flush, a failover to an
     /// empty replica) and heartbeats vanished all at once without any node dying.
     pub const GENERATION_KEY: &str = "rtc:generation";
+    /// Presence of a room: hash clientId → nodeId, `rtc:presence:room:<room>`. An entry counts
+    /// only while its node's heartbeat key exists (the node's lease): it dies with the node.
+    pub const PRESENCE_ROOM_PREFIX: &str = "rtc:presence:room:";
+    /// The rooms where a node has written presence, `rtc:presence:rooms:<nodeId>` (a set), so a
+    /// survivor can clean up after a dead node.
+    pub const PRESENCE_NODE_ROOMS_PREFIX: &str = "rtc:presence:rooms:";
+    /// The nodes that have written presence (a set).
+    pub const PRESENCE_NODES_KEY: &str = "rtc:presence:nodes";
 }
 
 /// The value of a record on `rtc.deliver` (key = recipient) or `rtc.rooms` (key = room).
@@ -81,4 +89,16 @@ pub struct Heartbeat {
     /// The newest ring epoch the node applied.
     pub epoch: u64,
     pub ts_ms: u64,
+}
+
+/// A presence change on `rtc.rooms` (key = room), written by the node that saw it: not a
+/// message, never stored as room history. `presence` is `join` or `leave`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PresenceRecord<'a> {
+    #[serde(borrow)]
+    pub presence: Cow<'a, str>,
+    #[serde(borrow, rename = "clientId")]
+    pub client_id: Cow<'a, str>,
+    #[serde(borrow)]
+    pub room: Cow<'a, str>,
 }

@@ -1,5 +1,6 @@
-//! Frames the server sends (`welcome`, `msg`, `ack`, `error`, `move`, `pong`): serialized by the
-//! socket node, parsed by clients (borrowed from the frame's text where it can be).
+//! Frames the server sends (`welcome`, `msg`, `ack`, `joined`, `presence`, `online`, `member`,
+//! `error`, `move`, `pong`): serialized by the socket node, parsed by clients (borrowed from the
+//! frame's text where it can be).
 
 use crate::error::ErrorCode;
 use crate::record::Envelope;
@@ -22,8 +23,9 @@ pub enum ServerFrame<'a> {
         /// A resume point: the offset of the newest record in the client's slot at connect time.
         offset: i64,
     },
-    /// A delivered message. Direct messages carry `offset` (the resume point); room messages
-    /// carry `room` and no offset.
+    /// A delivered message, with its `offset`: for a direct message the position in the
+    /// recipient's slot (the resume point), for a room message (which carries `room`) the
+    /// position in the room's `rtc.rooms` partition (the room's `since` point).
     Msg {
         from: Cow<'a, str>,
         id: Cow<'a, str>,
@@ -38,6 +40,38 @@ pub enum ServerFrame<'a> {
         id: Cow<'a, str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         offset: Option<i64>,
+    },
+    /// The answer to `join`: the connection is a member of `room`. `offset` is the newest room
+    /// offset the node had then (-1: none); `recovered` says whether every room message after
+    /// the `since` asked for follows (always true without `since`). History, then live messages,
+    /// follow this frame.
+    Joined {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<Cow<'a, str>>,
+        room: Cow<'a, str>,
+        recovered: bool,
+        offset: i64,
+    },
+    /// The answer to `presence`: who is in `room` (clientIds, sorted); `truncated` when the
+    /// room had more members than the answer may name.
+    Presence {
+        id: Cow<'a, str>,
+        room: Cow<'a, str>,
+        members: Vec<Cow<'a, str>>,
+        truncated: bool,
+    },
+    /// The answer to `online`: which of the clientIds asked about are connected now.
+    Online {
+        id: Cow<'a, str>,
+        online: Vec<Cow<'a, str>>,
+    },
+    /// Someone joined or left `room` (to members that joined with `presence: true`). `event` is
+    /// `join` or `leave`.
+    Member {
+        room: Cow<'a, str>,
+        #[serde(rename = "clientId")]
+        client_id: Cow<'a, str>,
+        event: Cow<'a, str>,
     },
     /// The frame with this `id` (absent: an unparseable frame) failed.
     Error {
@@ -92,6 +126,14 @@ struct RawServerFrame<'a> {
     reason: Option<Cow<'a, str>>,
     #[serde(default, rename = "delayMs")]
     delay_ms: Option<u64>,
+    #[serde(default, borrow)]
+    members: Option<Vec<Cow<'a, str>>>,
+    #[serde(default)]
+    truncated: Option<bool>,
+    #[serde(default, borrow)]
+    online: Option<Vec<Cow<'a, str>>>,
+    #[serde(default, borrow)]
+    event: Option<Cow<'a, str>>,
 }
 
 /// Why a text frame is not a server frame this version understands.
@@ -144,6 +186,27 @@ impl<'a> ServerFrame<'a> {
                     retryable: r.retryable.unwrap_or_else(|| code.retryable()),
                 }
             }
+            "joined" => ServerFrame::Joined {
+                id: r.id,
+                room: r.room.ok_or_else(|| missing("room"))?,
+                recovered: r.recovered.unwrap_or(false),
+                offset: r.offset.unwrap_or(-1),
+            },
+            "presence" => ServerFrame::Presence {
+                id: r.id.ok_or_else(|| missing("id"))?,
+                room: r.room.ok_or_else(|| missing("room"))?,
+                members: r.members.ok_or_else(|| missing("members"))?,
+                truncated: r.truncated.unwrap_or(false),
+            },
+            "online" => ServerFrame::Online {
+                id: r.id.ok_or_else(|| missing("id"))?,
+                online: r.online.ok_or_else(|| missing("online"))?,
+            },
+            "member" => ServerFrame::Member {
+                room: r.room.ok_or_else(|| missing("room"))?,
+                client_id: r.client_id.ok_or_else(|| missing("clientId"))?,
+                event: r.event.ok_or_else(|| missing("event"))?,
+            },
             "move" => ServerFrame::Move {
                 reason: r.reason.unwrap_or_default(),
                 delay_ms: r.delay_ms.unwrap_or(0),
@@ -169,7 +232,7 @@ impl<'a> ServerFrame<'a> {
         .to_json()
     }
 
-    /// The `msg` frame delivering `env`, found at `offset` for a direct message.
+    /// The `msg` frame delivering `env`, found at `offset` (of its slot or room partition).
     pub fn msg(env: &'a Envelope<'_>, offset: Option<i64>) -> Self {
         ServerFrame::Msg {
             from: Cow::Borrowed(&env.from),
@@ -269,6 +332,27 @@ mod tests {
             ServerFrame::Pong {
                 id: Some("p".into()),
             },
+            ServerFrame::Joined {
+                id: Some("j".into()),
+                room: "r".into(),
+                recovered: true,
+                offset: 4,
+            },
+            ServerFrame::Presence {
+                id: "q".into(),
+                room: "r".into(),
+                members: vec!["a".into(), "b".into()],
+                truncated: false,
+            },
+            ServerFrame::Online {
+                id: "o".into(),
+                online: vec!["a".into()],
+            },
+            ServerFrame::Member {
+                room: "r".into(),
+                client_id: "a".into(),
+                event: "leave".into(),
+            },
         ];
         for f in frames {
             let json = f.to_json();
@@ -276,8 +360,8 @@ mod tests {
             assert_eq!(back.to_json(), json);
         }
         assert_eq!(
-            ServerFrame::parse(r#"{"type":"presence"}"#).unwrap_err(),
-            ParseError::Unknown("presence".into())
+            ServerFrame::parse(r#"{"type":"shout"}"#).unwrap_err(),
+            ParseError::Unknown("shout".into())
         );
         assert!(matches!(
             ServerFrame::parse(r#"{"type":"ack"}"#),

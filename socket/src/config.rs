@@ -48,6 +48,20 @@ pub struct Config {
     /// Age after which history is dropped, seconds.
     #[arg(long, env = "HISTORY_MAX_AGE_SECS", default_value_t = 300)]
     pub history_max_age_secs: u64,
+    /// Room messages kept per room for `join` with `since`/`last` (every node keeps every
+    /// room's).
+    #[arg(long, env = "ROOM_HISTORY_MAX_MESSAGES", default_value_t = 100)]
+    pub room_history_max_messages: usize,
+    /// Age after which room history is dropped, seconds.
+    #[arg(long, env = "ROOM_HISTORY_MAX_AGE_SECS", default_value_t = 600)]
+    pub room_history_max_age_secs: u64,
+    /// At start, the rooms reader reads at most this many records back per `rtc.rooms`
+    /// partition to fill the room history.
+    #[arg(long, env = "ROOM_REPLAY_MAX_RECORDS", default_value_t = 50_000)]
+    pub room_replay_max_records: i64,
+    /// Most members a `presence` answer names.
+    #[arg(long, env = "PRESENCE_MAX_MEMBERS", default_value_t = 1000)]
+    pub presence_max_members: usize,
     /// A resume older than the history reads the partition back from Kafka: at most this many
     /// of the client's messages (more: `recovered:false` and the history only).
     #[arg(long, env = "READBACK_MAX_MESSAGES", default_value_t = 10_000)]
@@ -110,6 +124,18 @@ impl Config {
         anyhow::ensure!(
             self.history_max_messages > 0,
             "HISTORY_MAX_MESSAGES must be positive"
+        );
+        anyhow::ensure!(
+            self.room_history_max_messages > 0,
+            "ROOM_HISTORY_MAX_MESSAGES must be positive"
+        );
+        anyhow::ensure!(
+            self.room_replay_max_records >= 0,
+            "ROOM_REPLAY_MAX_RECORDS must not be negative"
+        );
+        anyhow::ensure!(
+            (1..=10_000).contains(&self.presence_max_members),
+            "PRESENCE_MAX_MEMBERS must be 1..=10000"
         );
         anyhow::ensure!(
             self.heartbeat_interval_ms >= 100,

@@ -155,10 +155,12 @@ impl Socket {
                 else {
                     return;
                 };
+                let sweep = Duration::from_millis(node.cfg.heartbeat_interval_ms * 2);
                 tokio::spawn(session::run_sessions(
-                    node.id.clone(),
+                    node.clone(),
                     redis.clone(),
                     sessions_rx,
+                    sweep,
                 ));
                 heartbeat::run_heartbeat(node, redis, advertise, bg).await;
             })

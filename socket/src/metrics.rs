@@ -29,6 +29,10 @@ pub struct Metrics {
     /// consumers that assign partitions themselves, as ours do).
     pub kafka_lag: IntGaugeVec,
     pub moves: IntCounterVec,
+    /// Room history held: `rooms` with state, `messages` stored.
+    pub room_history: IntGaugeVec,
+    /// Presence writes and events by outcome.
+    pub presence: IntCounterVec,
     /// `messages` children used per message, resolved once (a label lookup hashes and locks).
     pub sent: IntCounter,
     pub delivered: IntCounter,
@@ -124,6 +128,20 @@ impl Metrics {
                 "rtc_socket_moves_total",
                 "Move frames sent, by reason",
                 &["reason"],
+                registry
+            )
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            room_history: register_int_gauge_vec_with_registry!(
+                "rtc_socket_room_history",
+                "Room history held on this node: rooms with state, messages stored",
+                &["what"],
+                registry
+            )
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            presence: register_int_counter_vec_with_registry!(
+                "rtc_socket_presence_total",
+                "Presence operations, by kind (join, leave, swept, query, dropped, failed)",
+                &["kind"],
                 registry
             )
             .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),

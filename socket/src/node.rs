@@ -80,7 +80,13 @@ impl Node {
             slots,
             ring: RwLock::new(Arc::new(Ring::empty(slots))),
             table,
-            rooms: Rooms::default(),
+            rooms: Rooms::new(
+                rtc_serverkit::kafka::ROOMS_PARTITIONS as usize,
+                crate::rooms::Bounds {
+                    max_messages: cfg.room_history_max_messages,
+                    max_age_ms: cfg.room_history_max_age_secs * 1000,
+                },
+            ),
             connections: AtomicUsize::new(0),
             kafka_lag: AtomicU64::new(0),
             draining: AtomicBool::new(false),
@@ -397,20 +403,49 @@ impl Node {
         self.slot(s).skip(offset);
     }
 
-    pub fn join(&self, room: &str, conn: &Arc<Conn>) {
-        self.rooms.join(room, conn);
+    /// Joins `conn` to `room`, queueing the `joined` answer and the history asked for.
+    pub fn join(
+        &self,
+        room: &str,
+        conn: &Arc<Conn>,
+        id: Option<&str>,
+        since: crate::rooms::Since,
+        presence: bool,
+    ) {
+        let p = rtc_protocol::slot::slot_of(room, rtc_serverkit::kafka::ROOMS_PARTITIONS as u32);
+        let now = rtc_serverkit::telemetry::now_ms();
+        if !self
+            .rooms
+            .join(room, p as usize, conn, id, since, presence, now)
+        {
+            self.metrics
+                .messages
+                .with_label_values(&["room_not_recovered"])
+                .inc();
+        }
     }
 
     pub fn leave(&self, room: &str, conn: &Conn) {
         self.rooms.leave_all([room], conn);
     }
 
-    /// Fans a room message out to local members.
-    pub fn fan_out(&self, room: &str, frame: Utf8Bytes) {
-        for c in self.rooms.members(room) {
+    /// A room message consumed at (`p`, `offset`): stored as history, sent to local members.
+    pub fn fan_out(&self, room: &str, p: usize, offset: i64, at_ms: u64, frame: Utf8Bytes) {
+        let now = rtc_serverkit::telemetry::now_ms();
+        for c in self
+            .rooms
+            .record(room, p, offset, at_ms, frame.clone(), now)
+        {
             if c.push(frame.clone()) {
                 self.metrics.room_delivered.inc();
             }
+        }
+    }
+
+    /// A presence change of `room`: sent to local members that asked for `member` events.
+    pub fn fan_out_presence(&self, room: &str, frame: Utf8Bytes) {
+        for c in self.rooms.presence_members(room) {
+            c.push(frame.clone());
         }
     }
 

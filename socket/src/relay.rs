@@ -85,6 +85,18 @@ pub(crate) fn frame_of(
     ))
 }
 
+/// The `member` frame of a presence record on `rtc.rooms`, with its room.
+fn presence_frame(payload: Option<&[u8]>) -> Option<(String, Utf8Bytes)> {
+    let rec: rtc_protocol::record::PresenceRecord = serde_json::from_slice(payload?).ok()?;
+    let frame = ServerFrame::Member {
+        room: rec.room.clone(),
+        client_id: rec.client_id,
+        event: rec.presence,
+    }
+    .to_json();
+    Some((rec.room.into_owned(), Utf8Bytes::from(frame)))
+}
+
 /// A tick on which a reader polls its consumer afresh even if it was not woken: rust-rdkafka's
 /// `StreamConsumer` is woken only when librdkafka's queue turns from empty to non-empty
 /// (fede1024/rust-rdkafka#665 was a lost wake-up of that kind). Cheap insurance: a lost wake-up
@@ -334,10 +346,12 @@ fn deliver_list(
     Ok(tpl)
 }
 
-/// Reads every partition of `rtc.rooms` from now on and fans out to local members. "Now" is the
-/// high watermark read from the broker before assigning (not `Offset::End`, which librdkafka
-/// resolves lazily at the first fetch and could place after a message published once the node
-/// said it was ready); the node takes no client before this is done.
+/// Reads every partition of `rtc.rooms`, stores room history and fans out to local members. Each
+/// partition starts ROOM_REPLAY_MAX_RECORDS before the high watermark read from the broker
+/// (bounded by the low one) to fill the room history; the high watermark is read before assigning
+/// (not `Offset::End`, which librdkafka resolves lazily at the first fetch and could place after
+/// a message published once the node said it was ready), so every room message published once
+/// the node is serving reaches it. The node takes no client before this is done.
 pub async fn run_rooms(
     node: Arc<Node>,
     bootstrap: String,
@@ -353,11 +367,13 @@ pub async fn run_rooms(
     );
     let tpl = loop {
         let c = consumer.clone();
+        let back = node.cfg.room_replay_max_records;
         let ends = tokio::task::spawn_blocking(move || {
             let mut tpl = TopicPartitionList::new();
             for p in 0..ROOMS_PARTITIONS {
-                let (_, high) = c.fetch_watermarks(ROOMS_TOPIC, p, Duration::from_secs(5))?;
-                tpl.add_partition_offset(ROOMS_TOPIC, p, Offset::Offset(high))?;
+                let (low, high) = c.fetch_watermarks(ROOMS_TOPIC, p, Duration::from_secs(5))?;
+                let start = (high - back).max(low).max(0);
+                tpl.add_partition_offset(ROOMS_TOPIC, p, Offset::Offset(start))?;
             }
             Ok::<_, KafkaError>(tpl)
         });
@@ -373,25 +389,42 @@ pub async fn run_rooms(
         }
     };
     consumer.assign(&tpl)?;
-    let ends: Vec<i64> = tpl
+    let starts: Vec<i64> = tpl
         .elements()
         .iter()
-        .map(|e| e.offset().to_raw().unwrap_or(-1))
+        .map(|e| e.offset().to_raw().unwrap_or(0))
         .collect();
-    tracing::info!(node = %node.id, ?ends, "rooms reader placed");
+    for (p, &start) in starts.iter().enumerate() {
+        node.rooms.start_partition(p, start);
+    }
+    tracing::info!(node = %node.id, ?starts, "rooms reader placed");
     node.rooms_ready
         .store(true, std::sync::atomic::Ordering::Relaxed);
     let mut repoll = repoll_tick();
+    let mut sweep = tokio::time::interval(Duration::from_secs(10));
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return Ok(()),
             _ = repoll.tick() => {}
+            _ = sweep.tick() => {
+                node.rooms.sweep(rtc_serverkit::telemetry::now_ms());
+                let (rooms, held) = node.rooms.sizes();
+                node.metrics.room_history.with_label_values(&["rooms"]).set(rooms as i64);
+                node.metrics.room_history.with_label_values(&["messages"]).set(held as i64);
+            }
             r = consumer.recv() => match r {
                 Ok(m) => {
-                    let Some(room) = m.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
-                    tracing::debug!(room, partition = m.partition(), offset = m.offset(), "room record");
-                    if let Some((frame, _)) = frame_of(m.payload(), None, room) {
-                        node.fan_out(room, frame);
+                    let (p, offset) = (m.partition() as usize, m.offset());
+                    let room = m.key().and_then(|k| std::str::from_utf8(k).ok());
+                    match room.and_then(|room| Some((room, frame_of(m.payload(), Some(offset), room)?))) {
+                        Some((room, (frame, _))) => node.fan_out(room, p, offset, record_ms(&m), frame),
+                        None => {
+                            node.rooms.advance(p, offset);
+                            if let Some(frame) = presence_frame(m.payload()) {
+                                node.fan_out_presence(&frame.0, frame.1);
+                            }
+                        }
                     }
                 }
                 Err(e) => {

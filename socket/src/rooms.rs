@@ -1,49 +1,255 @@
-//! Local members of each room: who on this node gets a room message read from `rtc.rooms`.
+//! Rooms on this node: the local members of each room, and each room's recent history (every
+//! node reads every partition of `rtc.rooms`, so every node can answer a `join` with `since` or
+//! `last` for any room).
+//!
+//! Completeness is tracked by offset: for each room, `from` is the partition offset from which
+//! every message of the room the node has consumed is still in its history. A room message is
+//! appended and its members are read under one lock, and a `join` queues its history and becomes a
+//! member under that same lock, so a joining member gets each message once: in the history it is
+//! sent, or live after it.
 
 use crate::conn::Conn;
-use std::collections::HashMap;
+use rtc_protocol::ServerFrame;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-/// The members of one room on this node, by connection id.
-type Members = HashMap<u64, Arc<Conn>>;
+/// One stored room message.
+struct Entry {
+    offset: i64,
+    at_ms: u64,
+    frame: Utf8Bytes,
+}
 
-/// Room → members on this node.
-#[derive(Default)]
+struct Member {
+    conn: Arc<Conn>,
+    /// Wants `member` events.
+    presence: bool,
+}
+
+struct Room {
+    partition: usize,
+    members: HashMap<u64, Member>,
+    history: VecDeque<Entry>,
+    /// Every message of this room at an offset ≥ `from` that the node consumed is in `history`.
+    from: i64,
+}
+
+struct Inner {
+    rooms: HashMap<Box<str>, Room>,
+    /// Per partition: the offset from which a room without an entry in `rooms` has nothing the
+    /// node dropped (the reader's start, raised when a room's state is let go).
+    floors: Vec<i64>,
+    /// Per partition: the newest offset the reader consumed.
+    positions: Vec<i64>,
+}
+
+/// Bounds of a room's history on a node.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    pub max_messages: usize,
+    pub max_age_ms: u64,
+}
+
+/// How a `join` asks for history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Since {
+    /// Live messages only.
+    Now,
+    /// Every message after this offset.
+    Offset(i64),
+    /// The last N messages the node holds.
+    Last(usize),
+}
+
+/// Room → members and history.
 pub struct Rooms {
-    members: Mutex<HashMap<Box<str>, Members>>,
+    inner: Mutex<Inner>,
+    bounds: Bounds,
 }
 
 impl Rooms {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Members>> {
-        self.members.lock().expect("rooms lock is never poisoned")
+    pub fn new(partitions: usize, bounds: Bounds) -> Self {
+        Rooms {
+            inner: Mutex::new(Inner {
+                rooms: HashMap::new(),
+                floors: vec![0; partitions],
+                positions: vec![-1; partitions],
+            }),
+            bounds,
+        }
     }
 
-    pub fn join(&self, room: &str, conn: &Arc<Conn>) {
-        self.lock()
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("rooms lock is never poisoned")
+    }
+
+    /// The reader starts partition `p` at `offset`: history is complete from there on.
+    pub fn start_partition(&self, p: usize, offset: i64) {
+        let mut inner = self.lock();
+        inner.floors[p] = offset;
+        inner.positions[p] = offset - 1;
+    }
+
+    /// The reader consumed `offset` of partition `p` holding no room message (a presence change,
+    /// an unreadable record).
+    pub fn advance(&self, p: usize, offset: i64) {
+        let mut inner = self.lock();
+        inner.positions[p] = inner.positions[p].max(offset);
+    }
+
+    /// Stores a room message consumed at (`p`, `offset`) and returns the local members to send
+    /// it to. Messages older than the age bound are consumed (so the room knows it lost them) but
+    /// not kept.
+    pub fn record(
+        &self,
+        room: &str,
+        p: usize,
+        offset: i64,
+        at_ms: u64,
+        frame: Utf8Bytes,
+        now_ms: u64,
+    ) -> Vec<Arc<Conn>> {
+        let mut inner = self.lock();
+        inner.positions[p] = inner.positions[p].max(offset);
+        let floor = inner.floors[p];
+        let r = inner
+            .rooms
             .entry(room.into())
-            .or_default()
-            .insert(conn.id, conn.clone());
+            .or_insert_with(|| Room::new(p, floor));
+        if r.history.back().is_some_and(|e| e.offset >= offset) {
+            return Vec::new(); // consumed twice (a reader restart): already delivered
+        }
+        r.history.push_back(Entry {
+            offset,
+            at_ms,
+            frame,
+        });
+        r.evict(self.bounds, now_ms);
+        r.members.values().map(|m| m.conn.clone()).collect()
+    }
+
+    /// Makes `conn` a member of `room` (partition `p`): queues the `joined` answer and the
+    /// history `since` asks for, atomically with live delivery. Returns whether the history
+    /// was complete for `since`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn join(
+        &self,
+        room: &str,
+        p: usize,
+        conn: &Arc<Conn>,
+        id: Option<&str>,
+        since: Since,
+        presence: bool,
+        now_ms: u64,
+    ) -> bool {
+        let mut inner = self.lock();
+        let (floor, position) = (inner.floors[p], inner.positions[p]);
+        let r = inner
+            .rooms
+            .entry(room.into())
+            .or_insert_with(|| Room::new(p, floor));
+        r.evict(self.bounds, now_ms);
+        let (recovered, skip) = match since {
+            Since::Now => (true, r.history.len()),
+            Since::Offset(s) => (
+                s + 1 >= r.from,
+                r.history.iter().take_while(|e| e.offset <= s).count(),
+            ),
+            Since::Last(n) => (true, r.history.len().saturating_sub(n)),
+        };
+        let joined = ServerFrame::Joined {
+            id: id.map(Into::into),
+            room: room.into(),
+            recovered,
+            offset: position,
+        }
+        .to_json();
+        conn.push_unbounded(Utf8Bytes::from(joined));
+        for e in r.history.iter().skip(skip) {
+            conn.push_unbounded(e.frame.clone());
+        }
+        r.members.insert(
+            conn.id,
+            Member {
+                conn: conn.clone(),
+                presence,
+            },
+        );
+        recovered
     }
 
     /// Takes `conn` out of every room in `rooms`.
     pub fn leave_all<'a>(&self, rooms: impl IntoIterator<Item = &'a str>, conn: &Conn) {
-        let mut all = self.lock();
-        for r in rooms {
-            if let Some(m) = all.get_mut(r) {
-                m.remove(&conn.id);
-                if m.is_empty() {
-                    all.remove(r);
-                }
+        let mut inner = self.lock();
+        for name in rooms {
+            if let Some(r) = inner.rooms.get_mut(name) {
+                r.members.remove(&conn.id);
             }
         }
     }
 
-    /// The local members of `room` (copied out, so frames are queued without the lock).
-    pub fn members(&self, room: &str) -> Vec<Arc<Conn>> {
+    /// Local members of `room` that asked for `member` events.
+    pub fn presence_members(&self, room: &str) -> Vec<Arc<Conn>> {
         self.lock()
+            .rooms
             .get(room)
-            .map(|m| m.values().cloned().collect())
+            .map(|r| {
+                r.members
+                    .values()
+                    .filter(|m| m.presence)
+                    .map(|m| m.conn.clone())
+                    .collect()
+            })
             .unwrap_or_default()
+    }
+
+    /// Drops aged history everywhere and lets go of rooms with neither members nor history
+    /// (their partition's floor rises to what they had dropped).
+    pub fn sweep(&self, now_ms: u64) {
+        let bounds = self.bounds;
+        let mut inner = self.lock();
+        let Inner { rooms, floors, .. } = &mut *inner;
+        rooms.retain(|_, r| {
+            r.evict(bounds, now_ms);
+            let keep = !r.members.is_empty() || !r.history.is_empty();
+            if !keep {
+                floors[r.partition] = floors[r.partition].max(r.from);
+            }
+            keep
+        });
+    }
+
+    /// Rooms with state on this node, and messages held in all of them (for metrics).
+    pub fn sizes(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (
+            inner.rooms.len(),
+            inner.rooms.values().map(|r| r.history.len()).sum(),
+        )
+    }
+}
+
+impl Room {
+    fn new(partition: usize, from: i64) -> Self {
+        Room {
+            partition,
+            members: HashMap::new(),
+            history: VecDeque::new(),
+            from,
+        }
+    }
+
+    fn evict(&mut self, b: Bounds, now_ms: u64) {
+        let min_at = now_ms.saturating_sub(b.max_age_ms);
+        while let Some(e) = self.history.front() {
+            if self.history.len() > b.max_messages || e.at_ms < min_at {
+                self.from = e.offset + 1;
+                self.history.pop_front();
+            } else {
+                break;
+            }
+        }
     }
 }
 
@@ -51,17 +257,88 @@ impl Rooms {
 mod tests {
     use super::*;
 
+    const B: Bounds = Bounds {
+        max_messages: 3,
+        max_age_ms: 1000,
+    };
+
+    fn frame(i: i64) -> Utf8Bytes {
+        Utf8Bytes::from(format!("m{i}"))
+    }
+
+    fn drain(c: &Conn) -> Vec<String> {
+        let mut out = Vec::new();
+        c.take(&mut out);
+        out.iter().map(|f| f.to_string()).collect()
+    }
+
     #[test]
-    fn members_join_and_leave_and_empty_rooms_go() {
-        let rooms = Rooms::default();
-        let (a, b) = (Arc::new(Conn::new("a", 10)), Arc::new(Conn::new("b", 10)));
-        rooms.join("r", &a);
-        rooms.join("r", &b);
-        rooms.join("s", &a);
-        assert_eq!(rooms.members("r").len(), 2);
-        rooms.leave_all(["r", "s"], &a);
-        assert_eq!(rooms.members("r").len(), 1);
-        assert!(rooms.members("s").is_empty());
-        assert!(rooms.lock().get("s").is_none(), "an empty room is removed");
+    fn members_get_messages_and_leave() {
+        let rooms = Rooms::new(1, B);
+        rooms.start_partition(0, 0);
+        let (a, b) = (
+            Arc::new(Conn::new("a", 1000)),
+            Arc::new(Conn::new("b", 1000)),
+        );
+        rooms.join("r", 0, &a, None, Since::Now, false, 0);
+        rooms.join("r", 0, &b, None, Since::Now, true, 0);
+        assert_eq!(rooms.record("r", 0, 0, 0, frame(0), 0).len(), 2);
+        assert_eq!(rooms.presence_members("r").len(), 1);
+        rooms.leave_all(["r"], &a);
+        assert_eq!(rooms.record("r", 0, 1, 0, frame(1), 0).len(), 1);
+    }
+
+    #[test]
+    fn join_since_sends_exactly_what_followed_or_says_not_recovered() {
+        let rooms = Rooms::new(1, B);
+        rooms.start_partition(0, 10);
+        for o in [10, 12, 13, 15] {
+            rooms.record("r", 0, o, 0, frame(o), 0);
+        }
+        // Offsets 11 and 14 belong to other rooms; the count bound (3) dropped 10.
+        let c = Arc::new(Conn::new("c", 1000));
+        assert!(rooms.join("r", 0, &c, Some("j"), Since::Offset(12), false, 0));
+        let got = drain(&c);
+        assert_eq!(
+            got[0],
+            r#"{"type":"joined","id":"j","room":"r","recovered":true,"offset":15}"#
+        );
+        assert_eq!(&got[1..], ["m13", "m15"]);
+        // 10 was dropped: a client that has nothing after 9 missed it.
+        let d = Arc::new(Conn::new("d", 1000));
+        assert!(!rooms.join("r", 0, &d, None, Since::Offset(9), false, 0));
+        assert_eq!(&drain(&d)[1..], ["m12", "m13", "m15"]);
+        // From 10 on nothing was dropped.
+        let e = Arc::new(Conn::new("e", 1000));
+        assert!(rooms.join("r", 0, &e, None, Since::Offset(10), false, 0));
+        let f = Arc::new(Conn::new("f", 1000));
+        rooms.join("r", 0, &f, None, Since::Last(2), false, 0);
+        assert_eq!(&drain(&f)[1..], ["m13", "m15"]);
+    }
+
+    #[test]
+    fn a_room_the_node_never_held_is_complete_from_the_reader_start() {
+        let rooms = Rooms::new(2, B);
+        rooms.start_partition(1, 100);
+        rooms.advance(1, 104);
+        let c = Arc::new(Conn::new("c", 1000));
+        assert!(rooms.join("q", 1, &c, None, Since::Offset(99), false, 0));
+        assert!(drain(&c)[0].contains(r#""offset":104"#));
+        let d = Arc::new(Conn::new("d", 1000));
+        assert!(!rooms.join("q", 1, &d, None, Since::Offset(50), false, 0));
+    }
+
+    #[test]
+    fn aged_rooms_are_let_go_and_raise_the_floor() {
+        let rooms = Rooms::new(1, B);
+        rooms.start_partition(0, 0);
+        rooms.record("old", 0, 5, 0, frame(5), 0);
+        rooms.sweep(5000);
+        assert_eq!(rooms.sizes(), (0, 0), "empty rooms are let go");
+        // A later join of any room of that partition cannot claim what was dropped.
+        let c = Arc::new(Conn::new("c", 1000));
+        assert!(!rooms.join("old", 0, &c, None, Since::Offset(4), false, 5000));
+        let d = Arc::new(Conn::new("d", 1000));
+        assert!(rooms.join("old", 0, &d, None, Since::Offset(5), false, 5000));
     }
 }

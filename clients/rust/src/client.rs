@@ -1,6 +1,7 @@
 //! The client applications use: a connection that stays up. It reconnects with full-jitter
 //! backoff when the connection drops or the server sends `move`, resumes from the newest offset
-//! it received, joins its rooms again, and re-sends every direct message not yet answered with
+//! it received, joins its rooms again from the newest room message it received (so it gets
+//! what it missed in them, or `recovered: false` on the `joined` event), and re-sends every direct message not yet answered with
 //! the same id — the owner delivers a (recipient, sender, id) once, so a retry is never a
 //! duplicate.
 
@@ -11,7 +12,7 @@ use crate::event::Event;
 use crate::http::Endpoints;
 use rtc_protocol::ClientFrame;
 use serde_json::value::RawValue;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// How a [`Client`] connects and reconnects.
@@ -57,7 +58,8 @@ pub struct Client {
     next_id: u64,
     /// Direct messages sent and not yet answered, by id, as sent.
     pending: BTreeMap<String, String>,
-    rooms: BTreeSet<String>,
+    /// Rooms joined, with whether member events were asked for.
+    rooms: BTreeMap<String, bool>,
     reconnects: u64,
 }
 
@@ -76,7 +78,7 @@ impl Client {
             conn,
             next_id: 0,
             pending: BTreeMap::new(),
-            rooms: BTreeSet::new(),
+            rooms: BTreeMap::new(),
             reconnects: 0,
         })
     }
@@ -152,17 +154,58 @@ impl Client {
         Ok(id)
     }
 
-    /// Joins `room` (and joins it again after every reconnect).
+    /// Joins `room` for live messages (and joins it again after every reconnect, from the
+    /// newest room message received).
     pub async fn join(&mut self, room: &str) -> Result<(), Error> {
-        self.rooms.insert(room.to_string());
+        self.join_with(room, None, false).await
+    }
+
+    /// Joins `room`, first getting the last `last` messages the node holds (at most
+    /// ROOM_HISTORY_MAX_MESSAGES), with `member` events when `presence`.
+    pub async fn join_with(
+        &mut self,
+        room: &str,
+        last: Option<u32>,
+        presence: bool,
+    ) -> Result<(), Error> {
+        self.rooms.insert(room.to_string(), presence);
+        let since = self.conn.room_offsets.get(room).copied();
         self.conn
-            .send_frame(&ClientFrame::Join { id: None, room })
+            .send_frame(&ClientFrame::Join {
+                id: None,
+                room,
+                since,
+                last: if since.is_some() { None } else { last },
+                presence,
+            })
             .await
+    }
+
+    /// Asks who is in `room`; the answer is an [`Event::Presence`] with the returned id.
+    pub async fn presence(&mut self, room: &str) -> Result<String, Error> {
+        let id = self.new_id();
+        self.conn
+            .send_frame(&ClientFrame::Presence { id: &id, room })
+            .await?;
+        Ok(id)
+    }
+
+    /// Asks which of `client_ids` are online; the answer is an [`Event::Online`].
+    pub async fn online(&mut self, client_ids: &[&str]) -> Result<String, Error> {
+        let id = self.new_id();
+        self.conn
+            .send_frame(&ClientFrame::Online {
+                id: &id,
+                client_ids: client_ids.to_vec(),
+            })
+            .await?;
+        Ok(id)
     }
 
     /// Leaves `room`.
     pub async fn leave(&mut self, room: &str) -> Result<(), Error> {
         self.rooms.remove(room);
+        self.conn.room_offsets.remove(room);
         self.conn
             .send_frame(&ClientFrame::Leave { id: None, room })
             .await
@@ -225,9 +268,16 @@ impl Client {
         tokio::time::sleep(delay.unwrap_or_else(|| backoff.next_delay())).await;
         self.conn.reconnect(self.opts.connect_deadline).await?;
         self.reconnects += 1;
-        for room in &self.rooms {
+        for (room, &presence) in &self.rooms {
+            let since = self.conn.room_offsets.get(room).copied();
             self.conn
-                .send_frame(&ClientFrame::Join { id: None, room })
+                .send_frame(&ClientFrame::Join {
+                    id: None,
+                    room,
+                    since,
+                    last: None,
+                    presence,
+                })
                 .await?;
         }
         for text in self.pending.values() {

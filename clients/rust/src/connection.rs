@@ -39,6 +39,9 @@ pub struct Connection {
     pub recovered: bool,
     /// The resume point: offset of the newest direct message received (or the welcome's).
     pub offset: Option<i64>,
+    /// Per room: the newest room offset received (a `msg` of the room, or a `joined`), the
+    /// point a rejoin asks `since`.
+    pub room_offsets: std::collections::BTreeMap<String, i64>,
     /// Set when the server sent `move`, with the delay it asked for.
     pub moved: bool,
     /// The delay the `move` asked for, milliseconds.
@@ -96,6 +99,7 @@ impl Connection {
             epoch: 0,
             recovered: false,
             offset: resume,
+            room_offsets: Default::default(),
             moved: false,
             move_delay_ms: 0,
         };
@@ -145,10 +149,12 @@ impl Connection {
         let _ = self.ws.close(None).await;
         let fresh = Connection::connect(&self.ep, &self.client_id, self.offset, deadline).await?;
         let offset = self.offset;
+        let rooms = std::mem::take(&mut self.room_offsets);
         *self = fresh;
         if offset.is_some() {
             self.offset = offset.max(self.offset);
         }
+        self.room_offsets = rooms;
         Ok(())
     }
 
@@ -268,12 +274,28 @@ impl Connection {
     }
 
     /// Books what a received frame means for reconnecting: the offset of a direct message
-    /// becomes the resume point, a `move` asks to reconnect after its delay.
+    /// becomes the resume point, that of a room message (or a `joined`) the room's `since`
+    /// point, a `move` asks to reconnect after its delay.
     pub fn observe(&mut self, frame: &ServerFrame<'_>) {
         match *frame {
             ServerFrame::Msg {
-                offset: Some(o), ..
+                offset: Some(o),
+                room: None,
+                ..
             } => self.offset = Some(self.offset.map_or(o, |x| x.max(o))),
+            ServerFrame::Msg {
+                offset: Some(o),
+                room: Some(ref r),
+                ..
+            }
+            | ServerFrame::Joined {
+                offset: o,
+                room: ref r,
+                ..
+            } => {
+                let at = self.room_offsets.entry(r.to_string()).or_insert(o);
+                *at = (*at).max(o);
+            }
             ServerFrame::Move { delay_ms, .. } => {
                 self.moved = true;
                 self.move_delay_ms = delay_ms;

@@ -13,7 +13,8 @@ pub struct Message {
     pub id: String,
     /// The room, for a room message.
     pub room: Option<String>,
-    /// The Kafka offset of a direct message: the client's resume point.
+    /// The Kafka offset: of a direct message, the client's resume point; of a room message, the
+    /// room's `since` point.
     pub offset: Option<i64>,
     /// The payload, exactly as the sender wrote it.
     pub data: Box<RawValue>,
@@ -67,6 +68,44 @@ pub enum Event {
         reason: String,
         /// How long to wait before reconnecting, milliseconds.
         delay_ms: u64,
+    },
+    /// The connection joined `room`; its history (if asked for) and live messages follow.
+    Joined {
+        /// The join's id, if it had one.
+        id: Option<String>,
+        /// The room.
+        room: String,
+        /// Whether every room message after the `since` asked for follows.
+        recovered: bool,
+        /// The newest room offset the node had.
+        offset: i64,
+    },
+    /// Who is in a room (the answer to a presence question).
+    Presence {
+        /// The question's id.
+        id: String,
+        /// The room.
+        room: String,
+        /// Members, sorted.
+        members: Vec<String>,
+        /// The room had more members than the answer names.
+        truncated: bool,
+    },
+    /// Which of the clientIds asked about are online.
+    Online {
+        /// The question's id.
+        id: String,
+        /// The ones connected now.
+        online: Vec<String>,
+    },
+    /// Someone joined (`joined: true`) or left a room this connection joined with presence.
+    Member {
+        /// The room.
+        room: String,
+        /// Who.
+        client_id: String,
+        /// Joined or left.
+        joined: bool,
     },
     /// The answer to a `ping`.
     Pong {
@@ -131,6 +170,41 @@ impl From<ServerFrame<'_>> for Event {
             },
             ServerFrame::Pong { id } => Event::Pong {
                 id: id.map(|i| i.into_owned()),
+            },
+            ServerFrame::Joined {
+                id,
+                room,
+                recovered,
+                offset,
+            } => Event::Joined {
+                id: id.map(|i| i.into_owned()),
+                room: room.into_owned(),
+                recovered,
+                offset,
+            },
+            ServerFrame::Presence {
+                id,
+                room,
+                members,
+                truncated,
+            } => Event::Presence {
+                id: id.into_owned(),
+                room: room.into_owned(),
+                members: members.into_iter().map(|m| m.into_owned()).collect(),
+                truncated,
+            },
+            ServerFrame::Online { id, online } => Event::Online {
+                id: id.into_owned(),
+                online: online.into_iter().map(|m| m.into_owned()).collect(),
+            },
+            ServerFrame::Member {
+                room,
+                client_id,
+                event,
+            } => Event::Member {
+                room: room.into_owned(),
+                client_id: client_id.into_owned(),
+                joined: event == "join",
             },
         }
     }

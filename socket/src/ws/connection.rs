@@ -154,6 +154,9 @@ pub(super) async fn run(
     };
     let rooms: Vec<Box<str>> = rooms.into_iter().collect();
     node.unregister(&conn, slot, &rooms);
+    for room in &rooms {
+        super::frames::presence_change(&node, &conn, room, false);
+    }
     let _ = node.sessions.try_send(SessionEvent::Disconnected {
         client_id: conn.client_id.clone(),
     });

@@ -1,9 +1,12 @@
 //! What each client frame does: `send` and `publish` go to Kafka and are acked once it confirms
-//! (never dropped silently), `join`/`leave` change the node's rooms, `ping` is answered.
+//! (never dropped silently), `join`/`leave` change the node's rooms (and presence), `presence`
+//! and `online` are answered from Redis, `ping` is answered.
 
 use crate::conn::Conn;
 use crate::node::Node;
 use crate::relay;
+use crate::rooms::Since;
+use crate::session::SessionEvent;
 use rtc_protocol::{slot::slot_of, ClientFrame, Envelope, ErrorCode, ServerFrame};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -26,7 +29,7 @@ pub(super) fn handle_frame(
                 .with_label_values(&["bad_request"])
                 .inc();
             conn.push_unbounded(Utf8Bytes::from(ServerFrame::error(
-                None,
+                ClientFrame::id_of_refused(text),
                 ErrorCode::BadRequest,
                 &e.0,
             )));
@@ -69,7 +72,13 @@ pub(super) fn handle_frame(
             let fut = relay::produce_room(&producer, room, &env);
             confirm(node, conn, id, producer, fut);
         }
-        ClientFrame::Join { id, room } => {
+        ClientFrame::Join {
+            id,
+            room,
+            since,
+            last,
+            presence,
+        } => {
             if !rooms.contains(room) && rooms.len() >= MAX_ROOMS_PER_CONN {
                 conn.push_unbounded(Utf8Bytes::from(ServerFrame::error(
                     id,
@@ -78,21 +87,74 @@ pub(super) fn handle_frame(
                 )));
                 return;
             }
-            rooms.insert(room.into());
-            node.join(room, conn);
-            ack(id);
+            let since = match (since, last) {
+                (Some(s), _) => Since::Offset(s),
+                (None, Some(n)) => Since::Last(n as usize),
+                (None, None) => Since::Now,
+            };
+            let fresh = rooms.insert(room.into());
+            node.join(room, conn, id, since, presence);
+            if fresh {
+                presence_change(node, conn, room, true);
+            }
         }
         ClientFrame::Leave { id, room } => {
-            rooms.remove(room);
-            node.leave(room, conn);
+            if rooms.remove(room) {
+                node.leave(room, conn);
+                presence_change(node, conn, room, false);
+            }
             ack(id);
         }
+        ClientFrame::Presence { id, room } => ask(
+            node,
+            conn,
+            id,
+            SessionEvent::Members {
+                conn: conn.clone(),
+                id: id.into(),
+                room: room.into(),
+            },
+        ),
+        ClientFrame::Online { id, client_ids } => ask(
+            node,
+            conn,
+            id,
+            SessionEvent::Online {
+                conn: conn.clone(),
+                id: id.into(),
+                ids: client_ids.into_iter().map(Into::into).collect(),
+            },
+        ),
         ClientFrame::Ping { id } => conn.push_unbounded(Utf8Bytes::from(
             ServerFrame::Pong {
                 id: id.map(Into::into),
             }
             .to_json(),
         )),
+    }
+}
+
+/// Queues the presence write of `conn` joining (or leaving) `room`.
+pub(super) fn presence_change(node: &Node, conn: &Conn, room: &str, joined: bool) {
+    let (room, client_id) = (room.into(), conn.client_id.clone());
+    let ev = if joined {
+        SessionEvent::Joined { room, client_id }
+    } else {
+        SessionEvent::Left { room, client_id }
+    };
+    if node.sessions.try_send(ev).is_err() {
+        node.metrics.presence.with_label_values(&["dropped"]).inc();
+    }
+}
+
+/// Queues a presence question; answered `overloaded` when the queue is full.
+fn ask(node: &Node, conn: &Conn, id: &str, ev: SessionEvent) {
+    if node.sessions.try_send(ev).is_err() {
+        conn.push_unbounded(Utf8Bytes::from(ServerFrame::error(
+            Some(id),
+            ErrorCode::Overloaded,
+            "the node cannot take presence questions now; retry",
+        )));
     }
 }
 
