@@ -63,7 +63,7 @@ def check_env(rendered, bin_dir):
             keys = set((d.get("data") or {}).keys()) | set((d.get("stringData") or {}).keys())
             data[(d["kind"], d["metadata"]["name"])] = keys
     # A Secret created by the operator (production) is not in the rendering.
-    external_secret = {"rtc-secret": {"RING_SECRET"}}
+    external_secret = {"rtc-secret": {"RING_SECRET"}, "rtc-publish": {"PUBLISH_API_KEYS"}}
     seen = set()
     for d in docs:
         if d["kind"] not in ("Deployment", "StatefulSet"):

@@ -90,6 +90,16 @@ pub struct Config {
     /// The issuer a token's `iss` must be, if set.
     #[arg(long, env = "JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
+    /// API keys of the publish API, `name:key,name:key` (keys at least 16 bytes; the name is
+    /// the default `from`). Unset: POST /api/v1/publish answers 401.
+    #[arg(long, env = "PUBLISH_API_KEYS", hide_env_values = true)]
+    pub publish_api_keys: Option<String>,
+    /// Largest `data` one published message may carry, bytes.
+    #[arg(long, env = "PUBLISH_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
+    pub publish_max_message_bytes: usize,
+    /// How long a publish waits for Kafka before answering kafka_unavailable, ms.
+    #[arg(long, env = "PUBLISH_TIMEOUT_MS", default_value_t = 5000)]
+    pub publish_timeout_ms: u64,
     /// Connections one socket node is sized for.
     #[arg(long, env = "CONN_PER_POD", default_value_t = 5000)]
     pub conn_per_pod: u64,

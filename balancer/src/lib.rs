@@ -8,6 +8,7 @@ pub mod auth;
 pub mod config;
 pub mod election;
 pub mod liveness;
+pub mod publish;
 pub mod resolve;
 pub mod ring;
 pub mod scaler;
@@ -16,7 +17,7 @@ pub mod weights;
 use anyhow::Context;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use config::Config;
 use prometheus::{
     register_int_counter_vec_with_registry, register_int_gauge_with_registry, IntCounterVec,
@@ -41,6 +42,7 @@ pub struct Metrics {
     pub moves: IntCounterVec,
     pub scale_signals: IntCounterVec,
     pub scale_in: IntCounterVec,
+    pub publishes: IntCounterVec,
 }
 
 impl Metrics {
@@ -93,6 +95,13 @@ impl Metrics {
                 registry
             )
             .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            publishes: register_int_counter_vec_with_registry!(
+                "rtc_lb_publish_total",
+                "Messages through the publish API, by result",
+                &["result"],
+                registry
+            )
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
             registry,
         }
     }
@@ -107,6 +116,10 @@ pub struct Balancer {
     heartbeats: RwLock<Vec<Heartbeat>>,
     /// JWT identity at resolve, when configured.
     pub jwt: Option<auth::Verifier>,
+    /// Keys of the publish API (empty: the API is off).
+    pub api_keys: publish::ApiKeys,
+    /// The Kafka producer, once set up (the publish API uses it).
+    pub producer: std::sync::OnceLock<rdkafka::producer::FutureProducer>,
     /// None: the only balancer (no election), always the writer.
     pub leadership: Option<Arc<election::Leadership>>,
     pub metrics: Metrics,
@@ -189,8 +202,11 @@ pub async fn build(cfg: Config) -> anyhow::Result<Server> {
         .with_context(|| format!("binding LISTEN_ADDR {}", cfg.listen_addr))?;
     let addr = listener.local_addr()?;
     let jwt = auth::Verifier::from_config(&cfg)?;
+    let api_keys = publish::ApiKeys::parse(cfg.publish_api_keys.as_deref().unwrap_or(""))?;
     let bal = Arc::new(Balancer {
         jwt,
+        api_keys,
+        producer: std::sync::OnceLock::new(),
         secret: cfg.shared.ring_secret.as_bytes().to_vec(),
         ring: RwLock::new(Arc::new(Ring::empty(cfg.shared.slots))),
         live: RwLock::new(HashSet::new()),
@@ -211,6 +227,7 @@ pub async fn build(cfg: Config) -> anyhow::Result<Server> {
 fn router(bal: Arc<Balancer>) -> axum::Router {
     axum::Router::new()
         .route("/api/v1/resolve", get(resolve::resolve))
+        .route("/api/v1/publish", post(publish::publish))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -273,6 +290,7 @@ impl Server {
                 }
             }
         };
+        let _ = bal.producer.set(producer.clone());
         let tasks = TaskTracker::new();
         let follow = bal.clone();
         let bootstrap = bal.cfg.shared.kafka_bootstrap.clone();

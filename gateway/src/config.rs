@@ -64,6 +64,18 @@ pub struct Config {
     /// On SIGTERM: seconds to wait for closed WebSockets to finish before exiting.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Address of the `wss://` (TLS) listener; unset: plain `ws://` on LISTEN_ADDR only.
+    #[arg(long, env = "TLS_LISTEN_ADDR")]
+    pub tls_listen_addr: Option<String>,
+    /// PEM certificate chain of the TLS listener (leaf first).
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// PEM private key of the TLS listener.
+    #[arg(long, env = "TLS_KEY_FILE")]
+    pub tls_key_file: Option<std::path::PathBuf>,
+    /// How often the certificate files are checked for a renewal, seconds.
+    #[arg(long, env = "TLS_RELOAD_SECS", default_value_t = 10)]
+    pub tls_reload_secs: u64,
 }
 
 impl Config {
@@ -94,6 +106,13 @@ impl Config {
             self.ws_idle_timeout_secs > 0,
             "WS_IDLE_TIMEOUT_SECS must be positive"
         );
+        anyhow::ensure!(
+            self.tls_listen_addr.is_some()
+                == (self.tls_cert_file.is_some() && self.tls_key_file.is_some())
+                && self.tls_cert_file.is_some() == self.tls_key_file.is_some(),
+            "TLS_LISTEN_ADDR, TLS_CERT_FILE and TLS_KEY_FILE go together: set all three or none"
+        );
+        anyhow::ensure!(self.tls_reload_secs > 0, "TLS_RELOAD_SECS must be positive");
         Ok(())
     }
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod discovery;
 pub mod proxy;
 pub mod route;
+pub mod tls;
 pub mod tunnel;
 
 use async_trait::async_trait;
@@ -31,6 +32,7 @@ pub struct Metrics {
     pub upgrades: IntCounterVec,
     pub refused: IntCounterVec,
     pub requests: IntCounterVec,
+    pub tls_reloads: IntCounterVec,
 }
 
 impl Metrics {
@@ -61,6 +63,13 @@ impl Metrics {
                 "rtc_gateway_requests_total",
                 "Requests by route",
                 &["route"],
+                registry
+            )
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            tls_reloads: register_int_counter_vec_with_registry!(
+                "rtc_gateway_tls_reloads_total",
+                "Certificate reloads after the files changed, by result (ok, failed)",
+                &["result"],
                 registry
             )
             .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
@@ -228,6 +237,30 @@ pub fn build(cfg: Config, trigger: Trigger) -> anyhow::Result<Built> {
     proxy.add_listener(
         pingora::listeners::ListenerConfig::tcp(gw.cfg.listen_addr.clone()).l4_buffer(l4),
     );
+    let mut reloader = None;
+    if let (Some(addr), Some(cert), Some(key)) = (
+        &gw.cfg.tls_listen_addr,
+        &gw.cfg.tls_cert_file,
+        &gw.cfg.tls_key_file,
+    ) {
+        let certs = tls::Certs::open(cert.clone(), key.clone())?;
+        proxy.add_listener(
+            pingora::listeners::ListenerConfig::tcp(addr.clone())
+                .l4_buffer(l4)
+                .tls(tls::settings(certs.clone())?),
+        );
+        for r in ["ok", "failed"] {
+            gw.metrics.tls_reloads.with_label_values(&[r]);
+        }
+        reloader = Some(background_service(
+            "tls-reload",
+            tls::Reloader {
+                certs,
+                every: Duration::from_secs(gw.cfg.tls_reload_secs),
+                metrics: gw.metrics.tls_reloads.clone(),
+            },
+        ));
+    }
     let mut admin = pingora::services::listening::Service::new(
         "admin".to_string(),
         admin::Admin { gw: gw.clone() },
@@ -237,6 +270,9 @@ pub fn build(cfg: Config, trigger: Trigger) -> anyhow::Result<Built> {
 
     let lb_handle = server.add_service(lb_service);
     server.add_service(disc);
+    if let Some(r) = reloader {
+        server.add_service(r);
+    }
     let proxy_handle = server.add_service(proxy);
     proxy_handle.add_dependency(&lb_handle);
     server.add_service(admin);

@@ -1,6 +1,6 @@
-//! The public listener's request handling: `/api/v1/resolve` is proxied round-robin to healthy
-//! balancers; `/ws/<nodeId>/connect` is spliced to that node only if discovery knows it and says
-//! it is ready; `/` serves the demo page; anything else is 404.
+//! The public listener's request handling: `/api/v1/resolve` and `/api/v1/publish` are proxied
+//! round-robin to healthy balancers; `/ws/<nodeId>/connect` is spliced to that node only if
+//! discovery knows it and says it is ready; `/` serves the demo page; anything else is 404.
 
 use crate::route::{ws_node, Lookup};
 use crate::tunnel::{self, FrameTracker};
@@ -378,12 +378,13 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
         let path = session.req_header().uri.path().to_string();
-        if path == "/api/v1/resolve" {
-            self.gw
-                .metrics
-                .requests
-                .with_label_values(&["resolve"])
-                .inc();
+        if path == "/api/v1/resolve" || path == "/api/v1/publish" {
+            let kind = if path == "/api/v1/resolve" {
+                "resolve"
+            } else {
+                "publish"
+            };
+            self.gw.metrics.requests.with_label_values(&[kind]).inc();
             return Ok(false);
         }
         if let Some(node) = ws_node(&path) {

@@ -39,6 +39,14 @@ struct Args {
     /// Slots (partitions of rtc.deliver).
     #[arg(long, env = "SLOTS", default_value_t = rtc_protocol::slot::DEFAULT_SLOTS)]
     slots: u32,
+    /// API key of the publish API on this local stack (its name, the default sender, is
+    /// `local`). For local use only: deployments take PUBLISH_API_KEYS from a Secret.
+    #[arg(
+        long,
+        env = "LOCAL_PUBLISH_API_KEY",
+        default_value = "local-dev-publish-key"
+    )]
+    publish_api_key: String,
 }
 
 const COLORS: [&str; 6] = ["36", "33", "35", "32", "34", "31"];
@@ -126,7 +134,13 @@ async fn main() -> anyhow::Result<()> {
             "balancer",
             COLORS[0],
             "rtc-balancer",
-            &shared(vec![("LISTEN_ADDR", balancer.clone())]),
+            &shared(vec![
+                ("LISTEN_ADDR", balancer.clone()),
+                (
+                    "PUBLISH_API_KEYS",
+                    format!("local:{}", args.publish_api_key),
+                ),
+            ]),
         )?,
     )];
     for i in 0..args.nodes {
@@ -186,7 +200,8 @@ async fn main() -> anyhow::Result<()> {
                 coming_up = false;
                 match r {
                     Ok(()) => println!(
-                        "\n  Reactive RTC is up.\n  Open      http://{gateway}/  (demo page)\n  Resolve   http://{gateway}/api/v1/resolve?clientId=alice\n  Connect   ws://{gateway}/ws/<nodeId>/connect?clientId=…&token=…\n  Admin     http://{admin}/routes  /metrics\n  Kafka     {kafka}   Redis {redis_url}\n  Ctrl-C stops everything.\n"
+                        "\n  Reactive RTC is up.\n  Open      http://{gateway}/  (demo page)\n  Resolve   http://{gateway}/api/v1/resolve?clientId=alice\n  Connect   ws://{gateway}/ws/<nodeId>/connect?clientId=…&token=…\n  Publish   curl -H 'Authorization: Bearer {key}' -d '{{\"to\":\"alice\",\"id\":\"1\",\"data\":\"hi\"}}' http://{gateway}/api/v1/publish\n  Admin     http://{admin}/routes  /metrics\n  Kafka     {kafka}   Redis {redis_url}\n  Ctrl-C stops everything.\n",
+                        key = args.publish_api_key
                     ),
                     Err(e) => eprintln!("the stack did not come up: {e}"),
                 }

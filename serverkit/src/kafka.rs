@@ -5,7 +5,9 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
+use rtc_protocol::slot::murmur2;
 use std::time::Duration;
 
 pub use rtc_protocol::record::kafka::*;
@@ -202,4 +204,50 @@ pub async fn follow_rings(
             }
         }
     }
+}
+
+/// Where a produced record landed, or why it did not.
+pub type Produced = Result<i64, rdkafka::error::KafkaError>;
+
+/// Produces a direct message to `slot(to)`; the returned future resolves once Kafka confirms.
+/// Enqueueing happens before this returns, so records of one sender keep their order.
+pub fn produce_direct(
+    producer: &FutureProducer,
+    slot: u32,
+    to: &str,
+    value: &str,
+) -> Result<impl std::future::Future<Output = Produced>, rdkafka::error::KafkaError> {
+    let rec = FutureRecord::to(DELIVER_TOPIC)
+        .partition(slot as i32)
+        .key(to)
+        .payload(value);
+    enqueue(producer, rec)
+}
+
+/// Produces a room message, partitioned by room.
+pub fn produce_room(
+    producer: &FutureProducer,
+    room: &str,
+    value: &str,
+) -> Result<impl std::future::Future<Output = Produced>, rdkafka::error::KafkaError> {
+    let p = ((murmur2(room.as_bytes()) as u32) & 0x7fff_ffff) % ROOMS_PARTITIONS as u32;
+    let rec = FutureRecord::to(ROOMS_TOPIC)
+        .partition(p as i32)
+        .key(room)
+        .payload(value);
+    enqueue(producer, rec)
+}
+
+fn enqueue(
+    producer: &FutureProducer,
+    rec: FutureRecord<'_, str, str>,
+) -> Result<impl std::future::Future<Output = Produced>, rdkafka::error::KafkaError> {
+    let fut = producer.send_result(rec).map_err(|(e, _)| e)?;
+    Ok(async move {
+        match fut.await {
+            Ok(Ok(d)) => Ok(d.offset),
+            Ok(Err((e, _))) => Err(e),
+            Err(_) => Err(rdkafka::error::KafkaError::Canceled),
+        }
+    })
 }

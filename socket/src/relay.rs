@@ -6,9 +6,7 @@ use crate::node::Node;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use rtc_protocol::slot::murmur2;
 use rtc_protocol::{Envelope, ServerFrame};
 use rtc_serverkit::kafka::{self, DELIVER_TOPIC, ROOMS_PARTITIONS, ROOMS_TOPIC};
 use std::collections::HashSet;
@@ -17,51 +15,7 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::CancellationToken;
 
-/// Where a produced record landed, or why it did not.
-pub type Produced = Result<i64, KafkaError>;
-
-/// Produces a direct message to `slot(to)`; the returned future resolves once Kafka confirms.
-/// Enqueueing happens before this returns, so records of one sender keep their order.
-pub fn produce_direct(
-    producer: &FutureProducer,
-    slot: u32,
-    to: &str,
-    value: &str,
-) -> Result<impl std::future::Future<Output = Produced>, KafkaError> {
-    let rec = FutureRecord::to(DELIVER_TOPIC)
-        .partition(slot as i32)
-        .key(to)
-        .payload(value);
-    enqueue(producer, rec)
-}
-
-/// Produces a room message, partitioned by room.
-pub fn produce_room(
-    producer: &FutureProducer,
-    room: &str,
-    value: &str,
-) -> Result<impl std::future::Future<Output = Produced>, KafkaError> {
-    let p = ((murmur2(room.as_bytes()) as u32) & 0x7fff_ffff) % ROOMS_PARTITIONS as u32;
-    let rec = FutureRecord::to(ROOMS_TOPIC)
-        .partition(p as i32)
-        .key(room)
-        .payload(value);
-    enqueue(producer, rec)
-}
-
-fn enqueue(
-    producer: &FutureProducer,
-    rec: FutureRecord<'_, str, str>,
-) -> Result<impl std::future::Future<Output = Produced>, KafkaError> {
-    let fut = producer.send_result(rec).map_err(|(e, _)| e)?;
-    Ok(async move {
-        match fut.await {
-            Ok(Ok(d)) => Ok(d.offset),
-            Ok(Err((e, _))) => Err(e),
-            Err(_) => Err(KafkaError::Canceled),
-        }
-    })
-}
+pub use rtc_serverkit::kafka::{produce_direct, produce_room, Produced};
 
 fn record_ms(m: &impl Message) -> u64 {
     m.timestamp()

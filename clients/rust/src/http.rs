@@ -2,7 +2,7 @@
 //! address (so one machine can spread many clients over 127.0.0.x sources).
 
 use crate::error::{Error, HttpReply};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use rtc_protocol::Resolved;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -79,6 +79,20 @@ pub async fn request_with(
     bind: Option<IpAddr>,
     bearer: Option<&str>,
 ) -> Result<HttpReply, Error> {
+    let auth = bearer.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    send(method, addr, path_and_query, bind, &headers, None).await
+}
+
+/// One request over a fresh HTTP/1.1 connection, with extra `headers` and a JSON `body`.
+pub async fn send(
+    method: http::Method,
+    addr: &str,
+    path_and_query: &str,
+    bind: Option<IpAddr>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<HttpReply, Error> {
     let http_err = |e: &dyn std::fmt::Display| Error::Http(format!("{addr}{path_and_query}: {e}"));
     let stream = tcp_connect(addr, bind).await?;
     let (mut sender, conn) =
@@ -90,14 +104,19 @@ pub async fn request_with(
         .method(method)
         .uri(path_and_query)
         .header(http::header::HOST, addr);
-    if let Some(token) = bearer {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    if body.is_some() {
+        req = req.header(http::header::CONTENT_TYPE, "application/json");
     }
     let req = req
         // The server closes first, so TIME_WAIT stays on its side and a client making many
         // requests does not run out of local ports.
         .header(http::header::CONNECTION, "close")
-        .body(Empty::<bytes::Bytes>::new())
+        .body(Full::new(bytes::Bytes::from(
+            body.unwrap_or_default().to_string(),
+        )))
         .map_err(|e| Error::Invalid(e.to_string()))?;
     let resp = sender.send_request(req).await.map_err(|e| http_err(&e))?;
     let status = resp.status().as_u16();
@@ -117,6 +136,21 @@ pub async fn request_with(
         retry_after,
         body: String::from_utf8_lossy(&body).into_owned(),
     })
+}
+
+/// `POST /api/v1/publish` at `addr` (the gateway) with `api_key`: `body` is one message
+/// (`{"to"|"room","id","data"}`) or a batch (`{"messages":[…]}`); docs/protocol.md §7.
+pub async fn publish(addr: &str, api_key: &str, body: &str) -> Result<HttpReply, Error> {
+    let auth = format!("Bearer {api_key}");
+    send(
+        http::Method::POST,
+        addr,
+        "/api/v1/publish",
+        None,
+        &[("authorization", &auth)],
+        Some(body),
+    )
+    .await
 }
 
 /// `GET http://{addr}{path_and_query}`.
