@@ -1,5 +1,5 @@
-//! Headless Chromium (Debian's package) loads the demo page through the gateway, and a second
-//! page's message arrives on it. Driven over the DevTools protocol with our WebSocket client.
+//! Headless Chromium (Debian's package) runs the chat page through the gateway, three pages
+//! talking to each other. Driven over the DevTools protocol with our WebSocket client.
 
 use futures_util::{SinkExt, StreamExt};
 use rtc_client::http::get as http_get;
@@ -33,6 +33,7 @@ impl Browser {
         let child = Command::new("chromium")
             .args([
                 "--headless",
+                "--window-size=1100,700",
                 "--no-sandbox",
                 "--disable-gpu",
                 "--disable-quic",
@@ -57,6 +58,35 @@ impl Browser {
 
     /// Evaluates `expr` in the page and returns its value.
     async fn eval(&self, expr: &str) -> anyhow::Result<Value> {
+        let r = self
+            .call(
+                "Runtime.evaluate",
+                json!({"expression": expr, "returnByValue": true}),
+            )
+            .await?;
+        Ok(r["result"]["value"].clone())
+    }
+
+    /// Saves a PNG of the page to `path` (when RTC_SCREENSHOT_DIR asks for screenshots).
+    async fn screenshot(&self, name: &str) {
+        let Some(dir) = std::env::var_os("RTC_SCREENSHOT_DIR") else {
+            return;
+        };
+        let r = self
+            .call("Page.captureScreenshot", json!({"format": "png"}))
+            .await
+            .unwrap();
+        use base64::Engine;
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(r["data"].as_str().unwrap())
+            .unwrap();
+        let path = std::path::Path::new(&dir).join(format!("{name}.png"));
+        std::fs::write(&path, png).unwrap();
+        println!("screenshot: {}", path.display());
+    }
+
+    /// One DevTools call on the page; its `result`.
+    async fn call(&self, method: &str, params: Value) -> anyhow::Result<Value> {
         let list = http_get(&format!("127.0.0.1:{}", self.port), "/json/list").await?;
         let targets: Vec<Value> = serde_json::from_str(&list.body)?;
         let page = targets
@@ -67,13 +97,13 @@ impl Browser {
             .as_str()
             .ok_or_else(|| anyhow::anyhow!("no debugger url"))?;
         let (mut ws, _) = tokio_tungstenite::connect_async(url).await?;
-        let req = json!({"id": 1, "method": "Runtime.evaluate", "params": {"expression": expr, "returnByValue": true}});
+        let req = json!({"id": 1, "method": method, "params": params});
         ws.send(Message::Text(req.to_string().into())).await?;
         while let Some(m) = ws.next().await {
             if let Message::Text(t) = m? {
                 let v: Value = serde_json::from_str(&t)?;
                 if v["id"] == 1 {
-                    return Ok(v["result"]["result"]["value"].clone());
+                    return Ok(v["result"].clone());
                 }
             }
         }
@@ -104,33 +134,120 @@ impl Drop for Browser {
     }
 }
 
+impl Browser {
+    /// Runs `js` in the page (statements; the value is ignored).
+    async fn run(&self, js: &str) {
+        self.eval(&format!("(() => {{ {js} }})()")).await.unwrap();
+    }
+
+    /// How often `needle` occurs in `selector`'s text now.
+    async fn count(&self, selector: &str, needle: &str) -> usize {
+        let t = self
+            .eval(&format!("document.querySelector('{selector}').innerText"))
+            .await
+            .unwrap();
+        t.as_str().unwrap_or_default().matches(needle).count()
+    }
+
+    /// Types `text` (to `to`, or the current room when empty) and presses Send.
+    async fn say(&self, to: &str, text: &str) {
+        self.run(&format!(
+            "document.getElementById('to').value = '{to}'; document.getElementById('text').value = '{text}'; document.getElementById('send').click();"
+        ))
+        .await;
+    }
+}
+
+/// The chat page in headless Chromium, through the gateway, using the JavaScript client it
+/// loads from `/sdk/rtc.js`: names, rooms with history on join, who is online (member events),
+/// direct messages, the node shown, and a dropped connection that reconnects and resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn demo_page_receives_a_message_from_a_second_page() {
+async fn chat_page_rooms_presence_history_direct_messages_and_resume() {
     rtc_testkit::proc::ensure_installed("chromium", &["chromium"]).unwrap();
     let stack = Stack::start(2, |_| {}).await;
     let gw = GatewayHandle::start(&stack, |_| {}).await;
-    let (alice, bob) = (stack.client_on(0, "alice"), stack.client_on(1, "bob"));
-    let page_a = Browser::open(&format!("http://{}/?clientId={alice}", gw.addr));
-    let status = page_a
+    let (alice, bob, carol) = (
+        stack.client_on(0, "alice"),
+        stack.client_on(1, "bob"),
+        stack.client_on(1, "carol"),
+    );
+    let sdk = http_get(&gw.addr, "/sdk/rtc.js").await.unwrap();
+    assert_eq!(sdk.status, 200);
+    assert!(sdk.body.contains("export class RtcClient"));
+
+    let a = Browser::open(&format!("http://{}/?clientId={alice}&room=lobby", gw.addr));
+    let status = a
         .wait_text("#status", "node ", Duration::from_secs(60))
         .await;
     assert!(
         status.contains(&stack.nodes[0].id),
         "alice's page shows her node: {status}"
     );
-    let page_b = Browser::open(&format!(
-        "http://{}/?clientId={bob}&to={alice}&say=hello-from-bob",
-        gw.addr
-    ));
-    page_b
-        .wait_text("#log", "ack", Duration::from_secs(60))
+    a.wait_text("#log", "joined #lobby", Duration::from_secs(30))
         .await;
-    let log = page_a
-        .wait_text("#log", "hello-from-bob", Duration::from_secs(60))
+    let b = Browser::open(&format!("http://{}/?clientId={bob}&room=lobby", gw.addr));
+    b.wait_text("#log", "joined #lobby", Duration::from_secs(60))
         .await;
-    assert!(log.contains(&bob), "the message names its sender: {log}");
-    drop(page_b);
-    drop(page_a);
+    // Who is online: alice sees bob arrive, bob sees alice already there.
+    a.wait_text("#members", &bob, Duration::from_secs(30)).await;
+    b.wait_text("#members", &alice, Duration::from_secs(30))
+        .await;
+
+    // A room message and a direct message.
+    b.say("", "hello-room").await;
+    a.wait_text(
+        "#log",
+        &format!("#lobby {bob}: hello-room"),
+        Duration::from_secs(30),
+    )
+    .await;
+    b.say(&alice, "hello-alice").await;
+    a.wait_text(
+        "#log",
+        &format!("{bob} → you: hello-alice"),
+        Duration::from_secs(30),
+    )
+    .await;
+
+    // History on join: carol arrives later and sees what was said.
+    let c = Browser::open(&format!("http://{}/?clientId={carol}&room=lobby", gw.addr));
+    c.wait_text(
+        "#log",
+        &format!("#lobby {bob}: hello-room"),
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // Alice's connection drops: her page shows the reconnect, and what bob said meanwhile
+    // arrives once.
+    a.run("document.getElementById('drop').click();").await;
+    b.say("", "while-you-were-away").await;
+    b.say(&alice, "direct-while-away").await;
+    a.wait_text("#status", "reconnects 1", Duration::from_secs(30))
+        .await;
+    a.wait_text("#log", "resumed (nothing missed)", Duration::from_secs(30))
+        .await;
+    a.wait_text("#log", "while-you-were-away", Duration::from_secs(30))
+        .await;
+    a.wait_text("#log", "direct-while-away", Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(a.count("#log", "while-you-were-away").await, 1);
+    assert_eq!(a.count("#log", "direct-while-away").await, 1);
+    assert_eq!(
+        a.count("#log", "hello-room").await,
+        1,
+        "history is not replayed twice"
+    );
+    a.screenshot("chat-alice").await;
+    b.screenshot("chat-bob").await;
+    c.screenshot("chat-carol").await;
+    let status = a
+        .eval("document.getElementById('status').innerText")
+        .await
+        .unwrap();
+    println!("chat page after the reconnect: {status}");
+    drop((a, b, c));
     gw.shutdown().await;
     stack.shutdown().await;
 }

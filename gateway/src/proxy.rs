@@ -1,6 +1,7 @@
 //! The public listener's request handling: `/api/v1/resolve` and `/api/v1/publish` are proxied
 //! round-robin to healthy balancers; `/ws/<nodeId>/connect` is spliced to that node only if
-//! discovery knows it and says it is ready; `/` serves the demo page; anything else is 404.
+//! discovery knows it and says it is ready; `/` serves the chat page and `/sdk/rtc.js` the
+//! JavaScript client; anything else is 404.
 
 use crate::route::{ws_node, Lookup};
 use crate::tunnel::{self, FrameTracker};
@@ -22,6 +23,8 @@ pub struct Proxy {
 }
 
 const PAGE: &str = include_str!("page.html");
+/// The JavaScript client (clients/js), served for the page and for browsers at `/sdk/rtc.js`.
+const SDK: &str = include_str!("../../clients/js/src/index.js");
 
 /// Writes a complete response and ends the exchange.
 async fn respond(
@@ -400,6 +403,18 @@ impl ProxyHttp for Proxy {
                 200,
                 "text/html; charset=utf-8",
                 Bytes::from_static(PAGE.as_bytes()),
+                &[],
+            )
+            .await?;
+            return Ok(true);
+        }
+        if path == "/sdk/rtc.js" {
+            self.gw.metrics.requests.with_label_values(&["page"]).inc();
+            respond(
+                session,
+                200,
+                "text/javascript; charset=utf-8",
+                Bytes::from_static(SDK.as_bytes()),
                 &[],
             )
             .await?;
