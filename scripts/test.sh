@@ -7,6 +7,7 @@
 #     and Maven come with our machines; installed with apt when missing);
 #   - the deployment checkers (kubernetes-validate, checkov, hadolint, promtool; cached) and
 #     podman (apt) with a debootstrapped base image (cached);
+#   - Node.js (the JavaScript client's tests, `node --test`, run from e2e/tests/js_sdk.rs);
 # then every test on librdkafka's embedded mock cluster, the Kafka integration tests again on
 # the real broker, the checks of the manifests and the system run from its container image.
 set -euo pipefail
@@ -20,6 +21,10 @@ dpkg-query -W -f='${Status}' libcurl4-openssl-dev 2>/dev/null | grep -q "ok inst
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v chromium >/dev/null || need+=(chromium)
+command -v openssl >/dev/null || need+=(openssl)
+# The JavaScript client's tests need Node.js >= 20 (global fetch, WebSocket behind a flag); our
+# machines come with it, Debian's package is older.
+command -v node >/dev/null || need+=(nodejs)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 if [ ${#need[@]} -gt 0 ]; then

@@ -3,6 +3,7 @@
 //! `tests/`, which are every test that crosses services.
 
 pub mod kube;
+pub mod offline;
 pub mod stack;
 pub mod traffic;
 

@@ -474,3 +474,51 @@ async fn a_message_stored_twice_in_kafka_is_delivered_once() {
     assert_eq!(replayed, vec!["dup", "other"], "and on replay");
     stack.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_offline_for_an_hour_gets_everything_in_order_read_back_from_kafka() {
+    // Default history bounds (1,000 messages, 300 s): of an hour of traffic only the last five
+    // minutes are in memory; the rest comes back from Kafka.
+    let stack = Stack::start(1, |_| {}).await;
+    let ep = stack.endpoints();
+    let phone = stack.client_on(0, "phone");
+    let c = Connection::connect(&ep, &phone, None, T).await.unwrap();
+    let start = c.offset.unwrap();
+    drop(c);
+    let others = rtc_e2e::offline::neighbours(&phone, support::SLOTS, 20);
+    let last = rtc_e2e::offline::produce(
+        &stack.kafka.bootstrap,
+        support::SLOTS,
+        &phone,
+        &others,
+        300,
+        3000,
+        Duration::from_secs(3600),
+    )
+    .await
+    .unwrap();
+    let node = stack.nodes[0].node.clone();
+    let slot = rtc_protocol::slot::slot_of(&phone, support::SLOTS);
+    rtc_testkit::wait_for("the owner to consume", T, || {
+        let done = node.last_offset(slot) >= last;
+        async move { done }
+    })
+    .await
+    .unwrap();
+    let mut back = Connection::connect(&ep, &phone, Some(start), T)
+        .await
+        .unwrap();
+    assert!(
+        back.recovered,
+        "an hour offline is within Kafka's retention"
+    );
+    let ids = next_msg_ids(&mut back, 300).await;
+    let want: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    assert_eq!(ids, want, "every message, in order");
+    let extra = back.next(Duration::from_millis(500)).await;
+    assert!(
+        !matches!(&extra, Ok(Some(f)) if f["type"] == "msg"),
+        "{extra:?}"
+    );
+    stack.shutdown().await;
+}

@@ -20,6 +20,22 @@ async fn the_js_client_passes_its_tests_against_the_stack() {
     )
     .await;
     let gw = GatewayHandle::start(&stack, |_| {}).await;
+    let version = Command::new("node")
+        .arg("--version")
+        .output()
+        .expect("node is installed");
+    let version = String::from_utf8_lossy(&version.stdout).to_string();
+    let major: u32 = version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        major >= 20,
+        "the JavaScript client needs Node.js >= 20, found {version}"
+    );
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../clients/js");
     let url = format!("http://{}", gw.addr);
     let out = tokio::task::spawn_blocking(move || {
