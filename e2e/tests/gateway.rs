@@ -53,8 +53,13 @@ async fn client_path_through_the_gateway_with_resume() {
     let page = http_get(&gw.addr, "/").await.unwrap();
     assert_eq!(page.status, 200);
     assert!(
-        page.body.contains("/api/v1/resolve"),
-        "the demo page resolves through the gateway"
+        page.body.contains(r#"from "/sdk/rtc.js""#),
+        "the chat page runs on the JavaScript client the gateway serves"
+    );
+    let sdk = http_get(&gw.addr, "/sdk/rtc.js").await.unwrap();
+    assert!(
+        sdk.body.contains("/api/v1/resolve"),
+        "which resolves through the gateway"
     );
     gw.shutdown().await;
     stack.shutdown().await;
