@@ -74,22 +74,8 @@ pub struct Config {
     /// scales below its desired replicas. Empty: none.
     #[arg(long, env = "BACKUP_HPA_NAME", default_value = "keda-hpa-socket")]
     pub backup_hpa_name: String,
-    /// HS256 key for JWT identity at resolve (at least 32 bytes); with any JWT key set, resolve
-    /// requires `Authorization: Bearer <jwt>` whose `sub` is the clientId.
-    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
-    /// A PEM public key (RSA → RS256, EC P-256 → ES256) for JWT identity at resolve.
-    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
-    pub jwt_public_key_file: Option<std::path::PathBuf>,
-    /// A JWK set file (RSA and EC keys, chosen by `kid`) for JWT identity at resolve.
-    #[arg(long, env = "JWT_JWKS_FILE")]
-    pub jwt_jwks_file: Option<std::path::PathBuf>,
-    /// The audience a token's `aud` must contain (required with JWT).
-    #[arg(long, env = "JWT_AUDIENCE")]
-    pub jwt_audience: Option<String>,
-    /// The issuer a token's `iss` must be, if set.
-    #[arg(long, env = "JWT_ISSUER")]
-    pub jwt_issuer: Option<String>,
+    #[command(flatten)]
+    pub jwt: rtc_serverkit::auth::JwtArgs,
     /// API keys of the publish API, `name:key,name:key` (keys at least 16 bytes; the name is
     /// the default `from`). Unset: POST /api/v1/publish answers 401.
     #[arg(long, env = "PUBLISH_API_KEYS", hide_env_values = true)]

@@ -4,7 +4,6 @@
 //! live set from heartbeats and the ring from `rtc.control`, and all answer resolve.
 
 pub mod actuator;
-pub mod auth;
 pub mod config;
 pub mod election;
 pub mod liveness;
@@ -115,7 +114,7 @@ pub struct Balancer {
     /// The heartbeats of the last ring round, dead nodes left out (the scaler's input).
     heartbeats: RwLock<Vec<Heartbeat>>,
     /// JWT identity at resolve, when configured.
-    pub jwt: Option<auth::Verifier>,
+    pub jwt: Option<rtc_serverkit::auth::Verifier>,
     /// Keys of the publish API (empty: the API is off).
     pub api_keys: publish::ApiKeys,
     /// The Kafka producer, once set up (the publish API uses it).
@@ -201,7 +200,7 @@ pub async fn build(cfg: Config) -> anyhow::Result<Server> {
         .await
         .with_context(|| format!("binding LISTEN_ADDR {}", cfg.listen_addr))?;
     let addr = listener.local_addr()?;
-    let jwt = auth::Verifier::from_config(&cfg)?;
+    let jwt = rtc_serverkit::auth::Verifier::from_config(&cfg.jwt)?;
     let api_keys = publish::ApiKeys::parse(cfg.publish_api_keys.as_deref().unwrap_or(""))?;
     let bal = Arc::new(Balancer {
         jwt,

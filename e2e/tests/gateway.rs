@@ -349,3 +349,54 @@ async fn gateway_connection_cap_refuses_with_503() {
     gw.shutdown().await;
     stack.shutdown().await;
 }
+
+fn resolves(gw: &GatewayHandle, result: &str) -> u64 {
+    gw.gw.metrics.resolves.with_label_values(&[result]).get()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_answers_resolve_itself_only_when_it_agrees_with_the_balancers() {
+    let stack = Stack::start(2, |_| {}).await;
+    let gw = GatewayHandle::start(&stack, |_| {}).await;
+    // A second gateway with another RING_SECRET: its tokens would be refused, so it must keep
+    // proxying.
+    let odd = GatewayHandle::start(&stack, |c| c.ring_secret = "another-ring-secret".into()).await;
+    rtc_testkit::wait_for("the gateway to follow the ring and agree", T, || {
+        let ok = gw.gw.local.usable().is_some();
+        async move { ok }
+    })
+    .await
+    .unwrap();
+    let ep = Endpoints::gateway(&gw.addr);
+    let before = resolves(&gw, "ok");
+    let (alice_id, bob_id) = (stack.client_on(0, "alice"), stack.client_on(1, "bob"));
+    let mut alice = Connection::connect(&ep, &alice_id, None, T).await.unwrap();
+    let mut bob = Connection::connect(&ep, &bob_id, None, T).await.unwrap();
+    assert!(resolves(&gw, "ok") >= before + 2, "answered in the gateway");
+    assert_eq!(alice.node, stack.nodes[0].id, "the ring's owner");
+    alice.send("1", &bob_id, json!("hi")).await.unwrap();
+    assert_eq!(
+        bob.until(T, |f| f["type"] == "msg").await.unwrap()["data"],
+        "hi"
+    );
+    // The same refusals as the balancers'.
+    let r = http_get(&gw.addr, "/api/v1/resolve?clientId=")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(resolves(&gw, "bad_request"), 1);
+
+    // The disagreeing gateway never answers itself, and still works (proxied).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(odd.gw.local.usable().is_none());
+    let ep = Endpoints::gateway(&odd.addr);
+    let c = Connection::connect(&ep, &stack.client_on(1, "carol"), None, T)
+        .await
+        .unwrap();
+    assert_eq!(c.node, stack.nodes[1].id);
+    assert!(resolves(&odd, "proxied") >= 1);
+    assert_eq!(resolves(&odd, "ok"), 0);
+    odd.shutdown().await;
+    gw.shutdown().await;
+    stack.shutdown().await;
+}

@@ -56,8 +56,8 @@ async fn resolve_requires_a_valid_bearer_jwt_whose_sub_is_the_client() {
         kafka,
         1,
         |b| {
-            b.jwt_secret = Some(SECRET.into());
-            b.jwt_audience = Some(AUD.into());
+            b.jwt.jwt_secret = Some(SECRET.into());
+            b.jwt.jwt_audience = Some(AUD.into());
         },
         |_| {},
     )
@@ -149,6 +149,42 @@ async fn resolve_requires_a_valid_bearer_jwt_whose_sub_is_the_client() {
             .expect("without a token the SDK is refused");
     assert!(!err.retryable(), "401 is not retryable: {err}");
 
+    // The gateway above has no JWT settings: it sees that the balancers require a JWT and keeps
+    // proxying resolve (never answering without the check). A gateway with the same settings
+    // answers itself, with the same refusals.
+    assert!(gw.gw.local.usable().is_none());
+    assert_eq!(gw.gw.metrics.resolves.with_label_values(&["ok"]).get(), 0);
+    let jgw = GatewayHandle::start(&stack, |c| {
+        c.jwt.jwt_secret = Some(SECRET.into());
+        c.jwt.jwt_audience = Some(AUD.into());
+    })
+    .await;
+    rtc_testkit::wait_for(
+        "the JWT gateway to agree",
+        std::time::Duration::from_secs(20),
+        || {
+            let ok = jgw.gw.local.usable().is_some();
+            async move { ok }
+        },
+    )
+    .await
+    .unwrap();
+    let (s, body) = resolve(&jgw.addr, "alice", Some(&good)).await;
+    assert_eq!(s, 200, "{body}");
+    assert_refused(
+        "expired, answered by the gateway",
+        resolve(&jgw.addr, "alice", Some(&expired)).await,
+        "expired",
+    );
+    assert_refused(
+        "sub, answered by the gateway",
+        resolve(&jgw.addr, "bob", Some(&good)).await,
+        "sub is not the clientId",
+    );
+    let local = |r: &str| jgw.gw.metrics.resolves.with_label_values(&[r]).get();
+    assert_eq!((local("ok"), local("unauthorized")), (1, 2));
+    jgw.shutdown().await;
+
     gw.shutdown().await;
     stack.shutdown().await;
 }
@@ -188,9 +224,9 @@ async fn es256_tokens_from_a_pem_public_key() {
         kafka,
         1,
         move |b| {
-            b.jwt_public_key_file = Some(public_path);
-            b.jwt_audience = Some(AUD.into());
-            b.jwt_issuer = Some("https://auth.example".into());
+            b.jwt.jwt_public_key_file = Some(public_path);
+            b.jwt.jwt_audience = Some(AUD.into());
+            b.jwt.jwt_issuer = Some("https://auth.example".into());
         },
         |_| {},
     )

@@ -64,6 +64,18 @@ pub struct Config {
     /// On SIGTERM: seconds to wait for closed WebSockets to finish before exiting.
     #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// HMAC key of connection tokens (the balancers' and socket nodes' RING_SECRET): with it the
+    /// gateway answers resolve itself once it has checked that the balancers agree.
+    #[arg(long, env = "RING_SECRET", default_value = rtc_serverkit::config::DEFAULT_RING_SECRET, hide_env_values = true)]
+    pub ring_secret: String,
+    /// Answer resolve in the gateway (false: always proxy it to a balancer).
+    #[arg(long, env = "RESOLVE_IN_GATEWAY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub resolve_in_gateway: bool,
+    /// Lifetime of the connection tokens the gateway signs, seconds (as the balancers').
+    #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 60)]
+    pub token_ttl_secs: u64,
+    #[command(flatten)]
+    pub jwt: rtc_serverkit::auth::JwtArgs,
     /// Address of the `wss://` (TLS) listener; unset: plain `ws://` on LISTEN_ADDR only.
     #[arg(long, env = "TLS_LISTEN_ADDR")]
     pub tls_listen_addr: Option<String>,
@@ -113,6 +125,14 @@ impl Config {
             "TLS_LISTEN_ADDR, TLS_CERT_FILE and TLS_KEY_FILE go together: set all three or none"
         );
         anyhow::ensure!(self.tls_reload_secs > 0, "TLS_RELOAD_SECS must be positive");
+        anyhow::ensure!(
+            !self.ring_secret.is_empty(),
+            "RING_SECRET must not be empty"
+        );
+        anyhow::ensure!(
+            self.token_ttl_secs >= 5,
+            "TOKEN_TTL_SECS must be at least 5"
+        );
         Ok(())
     }
 

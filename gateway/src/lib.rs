@@ -6,6 +6,7 @@ pub mod admin;
 pub mod config;
 pub mod discovery;
 pub mod proxy;
+pub mod resolver;
 pub mod route;
 pub mod tls;
 pub mod tunnel;
@@ -33,6 +34,8 @@ pub struct Metrics {
     pub refused: IntCounterVec,
     pub requests: IntCounterVec,
     pub tls_reloads: IntCounterVec,
+    /// Resolves answered in the gateway by result, and those proxied to a balancer (`proxied`).
+    pub resolves: IntCounterVec,
 }
 
 impl Metrics {
@@ -66,6 +69,13 @@ impl Metrics {
                 registry
             )
             .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
+            resolves: register_int_counter_vec_with_registry!(
+                "rtc_gateway_resolve_total",
+                "Resolves answered in the gateway, by result; `proxied`: sent to a balancer",
+                &["result"],
+                registry
+            )
+            .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
             tls_reloads: register_int_counter_vec_with_registry!(
                 "rtc_gateway_tls_reloads_total",
                 "Certificate reloads after the files changed, by result (ok, failed)",
@@ -96,6 +106,12 @@ pub struct Gateway {
     /// Every tunnel task, so shutdown can wait for their close frames.
     pub tunnels: tokio_util::task::TaskTracker,
     pub metrics: Metrics,
+    /// RING_SECRET, for the tokens of resolves answered here.
+    pub secret: Vec<u8>,
+    /// JWT identity at resolve, when configured.
+    pub jwt: Option<rtc_serverkit::auth::Verifier>,
+    /// The ring and the agreement with the balancers (`resolver.rs`).
+    pub local: resolver::LocalResolve,
 }
 
 /// Keeps the route table fresh, inside Pingora's service lifecycle.
@@ -196,7 +212,11 @@ pub fn build(cfg: Config, trigger: Trigger) -> anyhow::Result<Built> {
     let lb_service = background_service("balancer health", lb);
     let balancers = lb_service.task();
 
+    let jwt = rtc_serverkit::auth::Verifier::from_config(&cfg.jwt)?;
     let gw = Arc::new(Gateway {
+        secret: cfg.ring_secret.as_bytes().to_vec(),
+        jwt,
+        local: resolver::LocalResolve::new(),
         routes: Arc::new(Routes::default()),
         balancers,
         active: AtomicUsize::new(0),
@@ -270,6 +290,12 @@ pub fn build(cfg: Config, trigger: Trigger) -> anyhow::Result<Built> {
 
     let lb_handle = server.add_service(lb_service);
     server.add_service(disc);
+    if gw.cfg.resolve_in_gateway {
+        server.add_service(background_service(
+            "ring follower",
+            resolver::Follower { gw: gw.clone() },
+        ));
+    }
     if let Some(r) = reloader {
         server.add_service(r);
     }

@@ -373,6 +373,41 @@ async fn copy(
     }
 }
 
+impl Proxy {
+    /// Answers a resolve from the ring the gateway follows (`resolver.rs`).
+    async fn resolve_here(
+        &self,
+        session: &mut Session,
+        ring: &rtc_protocol::ring::Ring,
+    ) -> Result<()> {
+        let req = session.req_header();
+        let auth = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let answer = rtc_serverkit::resolve::answer(
+            req.uri.query(),
+            auth,
+            self.gw.jwt.as_ref(),
+            ring,
+            |n| matches!(self.gw.routes.lookup(n), Lookup::Ready(_)),
+            &self.gw.secret,
+            self.gw.cfg.token_ttl_secs,
+        );
+        match answer {
+            Ok(r) => {
+                self.gw.metrics.resolves.with_label_values(&["ok"]).inc();
+                let body = serde_json::to_vec(&r).expect("resolve answers serialize");
+                respond(session, 200, "application/json", Bytes::from(body), &[]).await
+            }
+            Err((label, r)) => {
+                self.gw.metrics.resolves.with_label_values(&[label]).inc();
+                refuse(&self.gw, session, r).await
+            }
+        }
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Proxy {
     type CTX = ();
@@ -381,13 +416,29 @@ impl ProxyHttp for Proxy {
 
     async fn request_filter(&self, session: &mut Session, _ctx: &mut Self::CTX) -> Result<bool> {
         let path = session.req_header().uri.path().to_string();
-        if path == "/api/v1/resolve" || path == "/api/v1/publish" {
-            let kind = if path == "/api/v1/resolve" {
-                "resolve"
-            } else {
-                "publish"
-            };
-            self.gw.metrics.requests.with_label_values(&[kind]).inc();
+        if path == "/api/v1/resolve" {
+            self.gw
+                .metrics
+                .requests
+                .with_label_values(&["resolve"])
+                .inc();
+            if let Some(ring) = self.gw.local.usable() {
+                self.resolve_here(session, &ring).await?;
+                return Ok(true);
+            }
+            self.gw
+                .metrics
+                .resolves
+                .with_label_values(&["proxied"])
+                .inc();
+            return Ok(false);
+        }
+        if path == "/api/v1/publish" {
+            self.gw
+                .metrics
+                .requests
+                .with_label_values(&["publish"])
+                .inc();
             return Ok(false);
         }
         if let Some(node) = ws_node(&path) {

@@ -1,4 +1,5 @@
-//! JWT identity at resolve (optional per deployment). With JWT_SECRET (HS256), a PEM public key
+//! JWT identity at resolve (optional per deployment), for the balancers and the gateway (which
+//! answers resolve itself when it can). With JWT_SECRET (HS256), a PEM public key
 //! (JWT_PUBLIC_KEY_FILE: RSA → RS256, EC P-256 → ES256) or a JWKS file (JWT_JWKS_FILE, keys
 //! chosen by `kid`) configured, resolve requires `Authorization: Bearer <jwt>`: a valid
 //! signature, `exp` in the future, `aud` containing JWT_AUDIENCE, `iss` equal to JWT_ISSUER when
@@ -9,6 +10,27 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use rtc_protocol::{ErrorCode, Refusal};
 use serde::Deserialize;
+
+/// The JWT settings (flattened into the balancer's and the gateway's settings).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct JwtArgs {
+    /// HS256 key for JWT identity at resolve (at least 32 bytes); with any JWT key set, resolve
+    /// requires `Authorization: Bearer <jwt>` whose `sub` is the clientId.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// A PEM public key (RSA → RS256, EC P-256 → ES256) for JWT identity at resolve.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+    /// A JWK set file (RSA and EC keys, chosen by `kid`) for JWT identity at resolve.
+    #[arg(long, env = "JWT_JWKS_FILE")]
+    pub jwt_jwks_file: Option<std::path::PathBuf>,
+    /// The audience a token's `aud` must contain (required with JWT).
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The issuer a token's `iss` must be, if set.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+}
 
 /// Clock skew allowed on `exp` and `nbf`, seconds.
 const LEEWAY_SECS: u64 = 30;
@@ -68,7 +90,7 @@ const SUBJECT: Refusal = Refusal::new(
 
 impl Verifier {
     /// The verifier the settings ask for; None when JWT is not configured.
-    pub fn from_config(cfg: &crate::config::Config) -> anyhow::Result<Option<Verifier>> {
+    pub fn from_config(cfg: &JwtArgs) -> anyhow::Result<Option<Verifier>> {
         let configured = cfg.jwt_secret.is_some()
             || cfg.jwt_public_key_file.is_some()
             || cfg.jwt_jwks_file.is_some();
