@@ -6,6 +6,8 @@
 #     latency direct to the node, through the gateway and through nginx;
 #   - memory per proxied idle WebSocket at IDLE connections;
 #   - failed upgrades in each run.
+# Exits non-zero when a run is invalid: a failed upgrade, or a client that could not offer its
+# load (fewer than 90 % of the round trips asked for were answered).
 #   bench/gateway-vs-nginx.sh      (CONNS=1000 clients, INTERVAL=50 ms each, IDLE=9000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +60,7 @@ for _ in $(seq 1 120); do grep -q "is up" "$LOG/local.log" && break; sleep 0.5; 
 grep -q "is up" "$LOG/local.log" || { tail -20 "$LOG/local.log"; exit 1; }
 sleep 2
 GW_PID=""
+INVALID=0
 for pid in $(ps -o pid= --ppid "$LOCAL"); do
   case "$(tr '\0' ' ' < "/proc/$pid/cmdline")" in *rtc-gateway*) GW_PID=$pid ;; esac
 done
@@ -77,15 +80,22 @@ for target in direct gateway nginx; do
   $BIN/rtc-loadtest "${args[@]}" --connections "$CONNS" --ramp-up 3 --duration "$SECS" --msg-interval "$INTERVAL" \
     --pattern ping --prefix "rt-$target" --json 2>/dev/null > "$LOG/$target.json" || true
   cpu1=$(cpu_secs $proxy)
-  python3 - "$LOG/$target.json" "$target" "$SECS" "$(( cpu1 - cpu0 ))" <<'PY'
+  python3 - "$LOG/$target.json" "$target" "$SECS" "$(( cpu1 - cpu0 ))" "$CONNS" "$INTERVAL" <<'PY' || INVALID=1
 import json, sys
-r = json.load(open(sys.argv[1])); t = sys.argv[2]; secs = float(sys.argv[3]); ticks = int(sys.argv[4])
+t = sys.argv[2]; secs = float(sys.argv[3]); ticks = int(sys.argv[4])
+try:
+    r = json.load(open(sys.argv[1]))
+except Exception as e:
+    sys.exit(f"{t:>8}: no report ({e})")
 cpu = f"proxy CPU {ticks * 1e4 / max(1, r['pongs']):5.1f} us/round trip" if t != "direct" else ""
 print(f"{t:>8}: {r['pongs'] / secs:8.0f} round trips/s  p50 {r['latency_ms']['p50']:6.2f} ms  p99 {r['latency_ms']['p99']:7.2f} ms  failed upgrades {r['connect_failures']}  {cpu}")
+asked = int(sys.argv[5]) * secs * 1000 / int(sys.argv[6])
+if r["connect_failures"] or r["pongs"] < 0.9 * asked:
+    sys.exit(f"{t:>8}: invalid run: {r['connect_failures']} failed upgrades, {r['pongs']} of {asked:.0f} round trips answered")
 PY
 done
 
-[ "${SKIP_IDLE:-0}" = 1 ] && exit 0
+[ "${SKIP_IDLE:-0}" = 1 ] && exit "$INVALID"
 echo "memory per proxied idle WebSocket at $IDLE connections"
 for target in gateway nginx; do
   if [ $target = gateway ]; then port=$BASE; pids=$GW_PID; else port=$NGX; pids=$(nginx_pids); fi
@@ -102,3 +112,4 @@ for target in gateway nginx; do
   awk -v a="$after" -v b="$before" -v n="$IDLE" -v t="$target" -v f="$failed" 'BEGIN { printf "%8s: %6.0f bytes per idle connection (failed upgrades %d)\n", t, (a - b) * 1024 / n, f }'
   sleep 3
 done
+[ "$INVALID" = 0 ] || { echo "invalid run (see above)"; exit 1; }

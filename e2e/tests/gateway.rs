@@ -400,3 +400,95 @@ async fn the_gateway_answers_resolve_itself_only_when_it_agrees_with_the_balance
     gw.shutdown().await;
     stack.shutdown().await;
 }
+
+/// One HTTP/1.1 request on an open keep-alive connection; (status, headers, body).
+async fn keepalive_request(
+    tcp: &mut tokio::io::BufReader<tokio::net::TcpStream>,
+    head: &str,
+    body: &str,
+) -> (u16, String, String) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+    let req = format!(
+        "{head}\r\nHost: gw\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.get_mut().write_all(req.as_bytes()).await.unwrap();
+    let mut headers = String::new();
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        tcp.read_line(&mut line).await.unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+        headers.push_str(&line);
+    }
+    let status: u16 = headers.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut body = vec![0u8; len];
+    tcp.read_exact(&mut body).await.unwrap();
+    (status, headers, String::from_utf8(body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keepalive_connection_that_resolved_is_served_after_its_first_request() {
+    let stack = Stack::start(2, |_| {}).await;
+    let gw = GatewayHandle::start(&stack, |_| {}).await;
+    rtc_testkit::wait_for("the gateway to agree", T, || {
+        let ok = gw.gw.local.usable().is_some();
+        async move { ok }
+    })
+    .await
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(&gw.addr).await.unwrap();
+    let mut tcp = tokio::io::BufReader::new(tcp);
+    // The first resolve goes through Pingora, the next ones through the taken-over connection:
+    // the same answers.
+    let mut nodes = Vec::new();
+    for client in ["ka-1", "ka-2", "ka-3"] {
+        let (s, _, body) = keepalive_request(
+            &mut tcp,
+            &format!("GET /api/v1/resolve?clientId={client} HTTP/1.1"),
+            "",
+        )
+        .await;
+        assert_eq!(s, 200, "{body}");
+        let r: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(r["nodeId"].as_str(), stack.owner_of(client).as_deref());
+        nodes.push(r["nodeId"].as_str().unwrap().to_string());
+    }
+    assert_eq!(resolves(&gw, "ok"), 3);
+    let (s, _, body) =
+        keepalive_request(&mut tcp, "GET /api/v1/resolve?clientId= HTTP/1.1", "").await;
+    assert_eq!(s, 400, "{body}");
+    // The other routes still answer on it.
+    let (s, _, body) = keepalive_request(&mut tcp, "GET /sdk/rtc.js HTTP/1.1", "").await;
+    assert_eq!(s, 200);
+    assert!(body.contains("export class RtcClient"));
+    let (s, _, body) = keepalive_request(
+        &mut tcp,
+        "POST /api/v1/publish HTTP/1.1\r\nContent-Type: application/json",
+        r#"{"to":"ka-1","id":"1","data":1}"#,
+    )
+    .await;
+    assert_eq!(s, 401, "forwarded to a balancer (no API key): {body}");
+    // A WebSocket upgrade is sent to a new connection.
+    let (s, headers, body) = keepalive_request(
+        &mut tcp,
+        &format!(
+            "GET /ws/{}/connect?clientId=ka-1&token=x HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13",
+            nodes[0]
+        ),
+        "",
+    )
+    .await;
+    assert_eq!(s, 503, "{body}");
+    assert!(
+        headers.to_ascii_lowercase().contains("connection: close"),
+        "{headers}"
+    );
+    gw.shutdown().await;
+    stack.shutdown().await;
+}

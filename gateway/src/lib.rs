@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod config;
 pub mod discovery;
+pub mod fastpath;
 pub mod proxy;
 pub mod resolver;
 pub mod route;

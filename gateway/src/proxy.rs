@@ -22,9 +22,9 @@ pub struct Proxy {
     pub gw: Arc<Gateway>,
 }
 
-const PAGE: &str = include_str!("page.html");
+pub(crate) const PAGE: &str = include_str!("page.html");
 /// The JavaScript client (clients/js), served for the page and for browsers at `/sdk/rtc.js`.
-const SDK: &str = include_str!("../../clients/js/src/index.js");
+pub(crate) const SDK: &str = include_str!("../../clients/js/src/index.js");
 
 /// Writes a complete response and ends the exchange.
 async fn respond(
@@ -374,6 +374,24 @@ async fn copy(
 }
 
 impl Proxy {
+    /// After a resolve answered here: serves the rest of the keep-alive connection with hyper
+    /// (`fastpath.rs`), if Pingora would have kept it (keep-alive, nothing read beyond the
+    /// request). Pingora finishes a dummy session.
+    async fn take_over(&self, session: &mut Session) {
+        let dummy =
+            pingora::protocols::http::ServerSession::new_http1(Box::new(tokio::io::duplex(1).0));
+        let taken = std::mem::replace(&mut session.downstream_session, Box::new(dummy));
+        let pingora::protocols::http::ServerSession::H1(h1) = *taken else {
+            return;
+        };
+        if let Ok(Some(reusable)) = h1.reuse().await {
+            let (stream, prefix) = reusable.into_parts();
+            if prefix.is_none_or(|p| p.is_empty()) {
+                crate::fastpath::serve(self.gw.clone(), stream).await;
+            }
+        }
+    }
+
     /// Answers a resolve from the ring the gateway follows (`resolver.rs`).
     async fn resolve_here(
         &self,
@@ -424,6 +442,7 @@ impl ProxyHttp for Proxy {
                 .inc();
             if let Some(ring) = self.gw.local.usable() {
                 self.resolve_here(session, &ring).await?;
+                self.take_over(session).await;
                 return Ok(true);
             }
             self.gw
