@@ -30,9 +30,16 @@ struct Args {
     /// First socket node port; node i listens on this + i.
     #[arg(long, env = "SOCKET_BASE_PORT", default_value_t = 8090)]
     socket_base_port: u16,
-    /// An external Kafka; when unset an embedded mock cluster runs inside this process.
+    /// An external Kafka; when unset, the one LOCAL_KAFKA names is started.
     #[arg(long, env = "KAFKA_BOOTSTRAP")]
     kafka_bootstrap: Option<String>,
+    /// Kafka to start when KAFKA_BOOTSTRAP is unset: `mock` (librdkafka's embedded mock cluster,
+    /// inside this process: starts at once, but slows down as it fills — it scans every stored
+    /// batch of a partition on each fetch — and holds every empty fetch for the whole wait) or
+    /// `broker` (Apache Kafka, KRaft, one node, started and stopped by this launcher; needs Java,
+    /// its jars are fetched from Maven Central once into ~/.cache/rtc; for long or latency runs).
+    #[arg(long, env = "LOCAL_KAFKA", default_value = "mock", value_parser = ["mock", "broker"])]
+    kafka: String,
     /// An external Redis; when unset a redis-server is started (installed with apt if missing).
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
@@ -111,8 +118,15 @@ async fn main() -> anyhow::Result<()> {
     let kafka = match &args.kafka_bootstrap {
         Some(b) => b.clone(),
         None => {
-            let k = rtc_testkit::kafka::Kafka::mock(args.slots)
-                .context("starting the embedded Kafka mock cluster")?;
+            let k = if args.kafka == "broker" {
+                println!("starting Apache Kafka (LOCAL_KAFKA=broker)…");
+                rtc_testkit::kafka::Kafka::broker(args.slots)
+                    .await
+                    .context("starting the Apache Kafka broker (needs Java; testkit/tools/kafka)")?
+            } else {
+                rtc_testkit::kafka::Kafka::mock(args.slots)
+                    .context("starting the embedded Kafka mock cluster")?
+            };
             let b = k.bootstrap.clone();
             _kafka = k;
             b
