@@ -69,11 +69,14 @@ return 1";
 /// Removes a presence entry if this node wrote it; 1 if removed (a `leave` to announce).
 const LEAVE: &str = "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
 redis.call('HDEL', KEYS[1], ARGV[1]) return 1 end return 0";
-/// Removes every entry of node ARGV[1] from a room; returns the clientIds removed.
+/// Removes the given clientIds (ARGV[2..]) from a room where node ARGV[1] still holds them;
+/// returns those removed. Called with one page of a scan at a time, so a huge room never holds
+/// Redis for long.
 const SWEEP: &str = "local out = {}
-local all = redis.call('HGETALL', KEYS[1])
-for i = 1, #all, 2 do
-  if all[i + 1] == ARGV[1] then redis.call('HDEL', KEYS[1], all[i]) out[#out + 1] = all[i] end
+for i = 2, #ARGV do
+  if redis.call('HGET', KEYS[1], ARGV[i]) == ARGV[1] then
+    redis.call('HDEL', KEYS[1], ARGV[i]) out[#out + 1] = ARGV[i]
+  end
 end
 return out";
 /// Removes a session record if it still names this node.
@@ -400,13 +403,38 @@ async fn sweep_node(
     let rooms: Vec<String> = redis::cmd("SMEMBERS").arg(&set).query_async(redis).await?;
     let mut removed: HashMap<String, Vec<String>> = HashMap::new();
     for room in rooms {
-        let gone: Vec<String> = redis::cmd("EVAL")
-            .arg(SWEEP)
-            .arg(1)
-            .arg(room_key(&room))
-            .arg(dead)
-            .query_async(redis)
-            .await?;
+        let key = room_key(&room);
+        let mut gone: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
+                .arg(&key)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(redis)
+                .await?;
+            let theirs: Vec<String> = page
+                .into_iter()
+                .filter(|(_, n)| n == dead)
+                .map(|(c, _)| c)
+                .collect();
+            if !theirs.is_empty() {
+                let batch: Vec<String> = redis::cmd("EVAL")
+                    .arg(SWEEP)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(dead)
+                    .arg(&theirs)
+                    .query_async(redis)
+                    .await?;
+                gone.extend(batch);
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
         let _: () = redis::cmd("SREM")
             .arg(&set)
             .arg(&room)
