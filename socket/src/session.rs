@@ -249,6 +249,21 @@ async fn alive(
         .collect())
 }
 
+/// One page of a room's presence hash: the next cursor and (clientId, nodeId) pairs.
+async fn scan_page(
+    redis: &mut ConnectionManager,
+    key: &str,
+    cursor: u64,
+) -> redis::RedisResult<(u64, Vec<(String, String)>)> {
+    redis::cmd("HSCAN")
+        .arg(key)
+        .arg(cursor)
+        .arg("COUNT")
+        .arg(500)
+        .query_async(redis)
+        .await
+}
+
 /// The members of `room` whose node is alive, sorted, at most `max` (and whether there were
 /// more). Reads the hash in pages so a huge room costs a bounded amount.
 pub async fn members(
@@ -261,13 +276,7 @@ pub async fn members(
     let mut cursor: u64 = 0;
     let mut more = false;
     loop {
-        let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
-            .arg(&key)
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(500)
-            .query_async(redis)
-            .await?;
+        let (next, page) = scan_page(redis, &key, cursor).await?;
         entries.extend(page);
         cursor = next;
         if cursor == 0 {
@@ -407,13 +416,7 @@ async fn sweep_node(
         let mut gone: Vec<String> = Vec::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, page): (u64, Vec<(String, String)>) = redis::cmd("HSCAN")
-                .arg(&key)
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(500)
-                .query_async(redis)
-                .await?;
+            let (next, page) = scan_page(redis, &key, cursor).await?;
             let theirs: Vec<String> = page
                 .into_iter()
                 .filter(|(_, n)| n == dead)
