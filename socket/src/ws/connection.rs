@@ -54,15 +54,7 @@ pub(super) async fn run(
     drop(client_id);
     // A resume older than the history reads the partition back first, in this task only.
     let readback = match node.readback_range(slot, resume) {
-        Some((from, until)) => Box::pin(crate::readback::read(
-            &node,
-            slot,
-            &conn.client_id,
-            from,
-            until,
-        ))
-        .await
-        .ok(),
+        Some((from, until)) => Box::pin(read_back(&node, slot, &conn.client_id, from, until)).await,
         None => None,
     };
     if let Err(reason) = node.register(&conn, slot, resume, readback) {
@@ -163,6 +155,37 @@ pub(super) async fn run(
     if let Some(reason) = ended {
         let _ = Box::pin(close_with(&mut ws, reason)).await;
     }
+}
+
+/// Reads the slot back over `[from, until)`, then the gaps the history left behind while it
+/// read: a node still consuming a burst evicts its oldest history meanwhile, and a read-back that
+/// no longer reaches the history would make the resume `recovered:false` for nothing. A few
+/// rounds, within READBACK_MAX_MESSAGES in all.
+async fn read_back(
+    node: &Node,
+    slot: u32,
+    client: &str,
+    from: i64,
+    until: i64,
+) -> Option<crate::readback::ReadBack> {
+    let mut rb = crate::readback::read(node, slot, client, from, until)
+        .await
+        .ok()?;
+    for _ in 0..5 {
+        let Some((gap_from, gap_until)) = node.readback_range(slot, Some(rb.last)) else {
+            break;
+        };
+        let more = crate::readback::read(node, slot, client, gap_from, gap_until)
+            .await
+            .ok()?;
+        rb.records.extend(more.records);
+        rb.scanned += more.scanned;
+        rb.last = more.last;
+        if rb.records.len() > node.cfg.readback_max_messages {
+            return None;
+        }
+    }
+    Some(rb)
 }
 
 /// Answers a client's close: flushes the close frame tungstenite queued in reply, then closes
