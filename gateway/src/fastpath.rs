@@ -76,6 +76,10 @@ pub async fn serve(gw: Arc<Gateway>, stream: pingora::protocols::Stream) {
 
 async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Reply {
     let path = req.uri().path();
+    if let Some((content_type, body)) = crate::proxy::static_file(path) {
+        gw.metrics.requests.with_label_values(&["page"]).inc();
+        return reply(200, content_type, Bytes::from_static(body));
+    }
     match path {
         "/api/v1/resolve" => {
             gw.metrics.requests.with_label_values(&["resolve"]).inc();
@@ -83,49 +87,14 @@ async fn handle(gw: &Arc<Gateway>, req: Request<Incoming>) -> Reply {
                 gw.metrics.resolves.with_label_values(&["proxied"]).inc();
                 return forward(gw, req).await;
             };
-            let auth = req
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok());
-            match rtc_serverkit::resolve::answer(
-                req.uri().query(),
-                auth,
-                gw.jwt.as_ref(),
-                &ring,
-                |n| matches!(gw.routes.lookup(n), crate::route::Lookup::Ready(_)),
-                &gw.secret,
-                gw.cfg.token_ttl_secs,
-            ) {
-                Ok(r) => {
-                    gw.metrics.resolves.with_label_values(&["ok"]).inc();
-                    let body = serde_json::to_vec(&r).expect("resolve answers serialize");
-                    reply(200, "application/json", Bytes::from(body))
-                }
-                Err((label, r)) => {
-                    gw.metrics.resolves.with_label_values(&[label]).inc();
-                    refusal(gw, r)
-                }
+            match crate::resolver::answer(gw, &ring, req.uri().query(), req.headers()) {
+                Ok(body) => reply(200, "application/json", body),
+                Err(r) => refusal(gw, r),
             }
         }
         "/api/v1/publish" => {
             gw.metrics.requests.with_label_values(&["publish"]).inc();
             forward(gw, req).await
-        }
-        "/" | "/index.html" => {
-            gw.metrics.requests.with_label_values(&["page"]).inc();
-            reply(
-                200,
-                "text/html; charset=utf-8",
-                Bytes::from_static(crate::proxy::PAGE.as_bytes()),
-            )
-        }
-        "/sdk/rtc.js" => {
-            gw.metrics.requests.with_label_values(&["page"]).inc();
-            reply(
-                200,
-                "text/javascript; charset=utf-8",
-                Bytes::from_static(crate::proxy::SDK.as_bytes()),
-            )
         }
         _ if crate::route::ws_node(path).is_some() => {
             let mut r = refusal(

@@ -22,11 +22,20 @@ pub struct Proxy {
     pub gw: Arc<Gateway>,
 }
 
-pub(crate) const PAGE: &str = include_str!("page.html");
+const PAGE: &str = include_str!("page.html");
 /// The JavaScript client (clients/js), served for the page and for browsers at `/sdk/rtc.js`.
-pub(crate) const SDK: &str = include_str!("../../clients/js/src/index.js");
+const SDK: &str = include_str!("../../clients/js/src/index.js");
 
 /// Writes a complete response and ends the exchange.
+/// The files the gateway serves itself: the chat page and the JavaScript client.
+pub(crate) fn static_file(path: &str) -> Option<(&'static str, &'static [u8])> {
+    match path {
+        "/" | "/index.html" => Some(("text/html; charset=utf-8", PAGE.as_bytes())),
+        "/sdk/rtc.js" => Some(("text/javascript; charset=utf-8", SDK.as_bytes())),
+        _ => None,
+    }
+}
+
 async fn respond(
     session: &mut Session,
     status: u16,
@@ -399,29 +408,9 @@ impl Proxy {
         ring: &rtc_protocol::ring::Ring,
     ) -> Result<()> {
         let req = session.req_header();
-        let auth = req
-            .headers
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        let answer = rtc_serverkit::resolve::answer(
-            req.uri.query(),
-            auth,
-            self.gw.jwt.as_ref(),
-            ring,
-            |n| matches!(self.gw.routes.lookup(n), Lookup::Ready(_)),
-            &self.gw.secret,
-            self.gw.cfg.token_ttl_secs,
-        );
-        match answer {
-            Ok(r) => {
-                self.gw.metrics.resolves.with_label_values(&["ok"]).inc();
-                let body = serde_json::to_vec(&r).expect("resolve answers serialize");
-                respond(session, 200, "application/json", Bytes::from(body), &[]).await
-            }
-            Err((label, r)) => {
-                self.gw.metrics.resolves.with_label_values(&[label]).inc();
-                refuse(&self.gw, session, r).await
-            }
+        match crate::resolver::answer(&self.gw, ring, req.uri.query(), &req.headers) {
+            Ok(body) => respond(session, 200, "application/json", body, &[]).await,
+            Err(r) => refuse(&self.gw, session, r).await,
         }
     }
 }
@@ -466,28 +455,9 @@ impl ProxyHttp for Proxy {
             self.websocket(session, &node).await?;
             return Ok(true);
         }
-        if path == "/" || path == "/index.html" {
+        if let Some((content_type, body)) = static_file(&path) {
             self.gw.metrics.requests.with_label_values(&["page"]).inc();
-            respond(
-                session,
-                200,
-                "text/html; charset=utf-8",
-                Bytes::from_static(PAGE.as_bytes()),
-                &[],
-            )
-            .await?;
-            return Ok(true);
-        }
-        if path == "/sdk/rtc.js" {
-            self.gw.metrics.requests.with_label_values(&["page"]).inc();
-            respond(
-                session,
-                200,
-                "text/javascript; charset=utf-8",
-                Bytes::from_static(SDK.as_bytes()),
-                &[],
-            )
-            .await?;
+            respond(session, 200, content_type, Bytes::from_static(body), &[]).await?;
             return Ok(true);
         }
         self.gw.metrics.requests.with_label_values(&["other"]).inc();

@@ -64,6 +64,40 @@ impl LocalResolve {
     }
 }
 
+/// Answers a resolve from `ring` (what discovery reports ready counts as alive), counting the
+/// result: the JSON body, or the refusal. Pingora's path and hyper's (`fastpath.rs`) both use it.
+pub fn answer(
+    gw: &Gateway,
+    ring: &Ring,
+    query: Option<&str>,
+    headers: &http::HeaderMap,
+) -> Result<bytes::Bytes, rtc_protocol::Refusal> {
+    let auth = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let answer = rtc_serverkit::resolve::answer(
+        query,
+        auth,
+        gw.jwt.as_ref(),
+        ring,
+        |n| matches!(gw.routes.lookup(n), crate::route::Lookup::Ready(_)),
+        &gw.secret,
+        gw.cfg.token_ttl_secs,
+    );
+    let label = match &answer {
+        Ok(_) => "ok",
+        Err((label, _)) => label,
+    };
+    gw.metrics.resolves.with_label_values(&[label]).inc();
+    answer
+        .map(|r| {
+            serde_json::to_vec(&r)
+                .expect("resolve answers serialize")
+                .into()
+        })
+        .map_err(|(_, r)| r)
+}
+
 /// Whether the balancers' answer to the probe resolve agrees with our settings.
 pub fn agrees(gw: &Gateway, status: u16, body: &str) -> Result<(), String> {
     match status {
