@@ -1,29 +1,63 @@
 #!/usr/bin/env bash
-# The gateway against nginx 1.22 (Debian), side by side in one run: same socket node upstream,
-# same client (rtc-loadtest), nginx configured as the replaced design had it (worker_connections
-# 100000, 3600 s timeouts, Upgrade/Connection headers). Prints one line per figure:
-#   - WebSocket round trips (ping → pong, answered by the node, no Kafka): achieved rate and
-#     latency direct to the node, through the gateway and through nginx;
-#   - memory per proxied idle WebSocket at IDLE connections;
-#   - failed upgrades in each run.
-# Exits non-zero when a run is invalid: a failed upgrade, or a client that could not offer its
-# load (fewer than 90 % of the round trips asked for were answered).
-#   bench/gateway-vs-nginx.sh      (CONNS=1000 clients, INTERVAL=50 ms each, IDLE=9000)
+# The gateway against nginx (Debian's), side by side at saturation. Same upstream (`rtc-echo
+# serve`, a WebSocket echo server), same client (`rtc-echo run`: closed loop, each of CONNS
+# connections keeps one message in flight, so the rate is what the path carries), nginx configured
+# as the replaced design had it (2 workers, worker_connections 100000, 3600 s timeouts,
+# Upgrade/Connection headers). The gateway routes /ws/echo-0/connect to the echo server, which the
+# script registers in Redis as a node's heartbeat would.
+#
+# RUNS rounds, each measuring direct, gateway and nginx in a rotated order. Prints one line per
+# run and per figure:
+#   - echoes/s, p50, p99, proxy CPU per echo (user+system of the proxy's processes / echoes),
+#     and with PERF=1 syscalls and context switches per echo (perf stat);
+#   - memory per proxied idle WebSocket at IDLE connections (RSS growth / IDLE);
+#   - failed upgrades among UPGRADES upgrade → echo → close cycles;
+#   - the ranges over the runs and the ratios gateway/nginx.
+# Exits non-zero when a run is invalid: a failed upgrade or broken connection, or a run that
+# carried fewer than 1,000 echoes/s.
+#   bench/gateway-vs-nginx.sh     (CONNS=1000 SECS=10 RUNS=3 IDLE=9000 UPGRADES=20000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNS=${CONNS:-1000}
-INTERVAL=${INTERVAL:-50}
-SECS=${SECS:-15}
+SECS=${SECS:-10}
+RUNS=${RUNS:-3}
 IDLE=${IDLE:-9000}
+UPGRADES=${UPGRADES:-20000}
+SIZE=${SIZE:-32}
 BASE=${BASE_PORT:-21080}
-NGX=$(( BASE + 5 ))
+GW=$BASE ADMIN=$(( BASE + 1 )) ECHO=$(( BASE + 3 )) NGX=$(( BASE + 5 )) REDIS=$(( BASE + 6 ))
 command -v nginx >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
+command -v redis-server >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+if [ "${PERF:-0}" = 1 ] && ! command -v perf >/dev/null; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-perf >/dev/null
+fi
 cargo build --release --bins --quiet
 BIN=target/release
 LOG=$(mktemp -d)
-export CONN_PER_POD=${CONN_PER_POD:-1000000}
-$BIN/rtc-local --nodes 1 --gateway-port "$BASE" --admin-port $(( BASE + 1 )) --balancer-port $(( BASE + 2 )) --socket-base-port $(( BASE + 10 )) > "$LOG/local.log" 2>&1 &
-LOCAL=$!
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$LOG/nginx/nginx.pid" ] && kill -QUIT "$(cat "$LOG/nginx/nginx.pid")" 2>/dev/null || true
+  wait 2>/dev/null || true
+  rm -rf "$LOG"
+}
+trap cleanup EXIT
+
+redis-server --bind 127.0.0.1 --port "$REDIS" --save '' --appendonly no > "$LOG/redis.log" 2>&1 &
+PIDS+=($!)
+$BIN/rtc-echo serve --listen "127.0.0.1:$ECHO" --threads 1 > "$LOG/echo.log" 2>&1 &
+ECHO_PID=$!
+PIDS+=($ECHO_PID)
+for _ in $(seq 1 50); do redis-cli -p "$REDIS" ping >/dev/null 2>&1 && break; sleep 0.2; done
+redis-cli -p "$REDIS" set rtc:node:echo-0 \
+  "{\"nodeId\":\"echo-0\",\"addr\":\"127.0.0.1:$ECHO\",\"connections\":0,\"msgsPerSec\":0,\"p95Ms\":0,\"cpu\":0,\"memBytes\":0,\"draining\":false,\"ready\":true,\"slots\":[],\"epoch\":0,\"tsMs\":0}" \
+  EX 36000 > /dev/null
+LISTEN_ADDR=127.0.0.1:$GW ADMIN_ADDR=127.0.0.1:$ADMIN REDIS_URL=redis://127.0.0.1:$REDIS \
+  BALANCER_ADDRS=127.0.0.1:$(( BASE + 7 )) RESOLVE_IN_GATEWAY=false RUST_LOG=warn \
+  $BIN/rtc-gateway > "$LOG/gateway.log" 2>&1 &
+GW_PID=$!
+PIDS+=($GW_PID)
+
 mkdir -p "$LOG/nginx"
 cat > "$LOG/nginx/nginx.conf" <<NGINX
 worker_processes 2;
@@ -36,12 +70,10 @@ http {
   client_body_temp_path $LOG/nginx/body; proxy_temp_path $LOG/nginx/proxy;
   fastcgi_temp_path $LOG/nginx/fcgi; uwsgi_temp_path $LOG/nginx/uwsgi; scgi_temp_path $LOG/nginx/scgi;
   map \$http_upgrade \$connection_upgrade { default upgrade; '' close; }
-  upstream balancer { server 127.0.0.1:$(( BASE + 2 )); }
-  upstream socket { server 127.0.0.1:$(( BASE + 10 )); }
+  upstream socket { server 127.0.0.1:$ECHO; }
   server {
     listen 127.0.0.1:$NGX;
     proxy_connect_timeout 3600s; proxy_read_timeout 3600s; proxy_send_timeout 3600s;
-    location /api/ { proxy_pass http://balancer; }
     location /ws/ {
       proxy_pass http://socket;
       proxy_http_version 1.1;
@@ -54,62 +86,77 @@ http {
 NGINX
 nginx -p "$LOG/nginx" -c "$LOG/nginx/nginx.conf" -g 'daemon off;' 2> "$LOG/nginx/stderr" &
 NGINX_PID=$!
-cleanup() { kill -QUIT "$NGINX_PID" 2>/dev/null || true; kill -INT "$LOCAL" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$LOG"; }
-trap cleanup EXIT
-for _ in $(seq 1 120); do grep -q "is up" "$LOG/local.log" && break; sleep 0.5; done
-grep -q "is up" "$LOG/local.log" || { tail -20 "$LOG/local.log"; exit 1; }
-sleep 2
-GW_PID=""
-INVALID=0
-for pid in $(ps -o pid= --ppid "$LOCAL"); do
-  case "$(tr '\0' ' ' < "/proc/$pid/cmdline")" in *rtc-gateway*) GW_PID=$pid ;; esac
+PIDS+=($NGINX_PID)
+
+# Ready when an upgrade through the gateway (which needs discovery to have seen echo-0) succeeds.
+for _ in $(seq 1 60); do
+  r=$($BIN/rtc-echo upgrades --target "127.0.0.1:$GW" --path /ws/echo-0/connect --count 1 --concurrency 1 2>/dev/null || true)
+  case $r in *'"ok":1'*) break ;; esac
+  sleep 0.5
 done
-rss_kib() { local t=0; for p in "$@"; do t=$(( t + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0) )); done; echo $t; }
+case $r in *'"ok":1'*) ;; *) echo "the gateway never routed to the echo server: $r"; tail -5 "$LOG/gateway.log"; exit 1 ;; esac
+
 nginx_pids() { echo "$NGINX_PID" $(ps -o pid= --ppid "$NGINX_PID"); }
-# CPU seconds (user + system) used so far by the given processes.
-cpu_secs() { local t=0; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done; echo "$t"; }
+pids_of() { case $1 in gateway) echo "$GW_PID" ;; nginx) nginx_pids ;; *) echo "" ;; esac; }
+port_of() { case $1 in gateway) echo "$GW" ;; nginx) echo "$NGX" ;; direct) echo "$ECHO" ;; esac; }
+# CPU clock ticks (user + system) used so far by the given processes.
+ticks() { local t=0; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done; echo "$t"; }
+rss_kib() { local t=0; for p in "$@"; do t=$(( t + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0) )); done; echo $t; }
 
-echo "round trips: $CONNS clients, one ping every $INTERVAL ms each, $SECS s"
-for target in direct gateway nginx; do
-  case $target in
-    direct) args=(--target "127.0.0.1:$(( BASE + 2 ))" --node-routes "127.0.0.1:$(( BASE + 1 ))"); proxy="" ;;
-    gateway) args=(--target "127.0.0.1:$BASE"); proxy=$GW_PID ;;
-    nginx) args=(--target "127.0.0.1:$NGX"); proxy=$(nginx_pids) ;;
-  esac
-  cpu0=$(cpu_secs $proxy)
-  $BIN/rtc-loadtest "${args[@]}" --connections "$CONNS" --ramp-up 3 --duration "$SECS" --msg-interval "$INTERVAL" \
-    --pattern ping --prefix "rt-$target" --json 2>/dev/null > "$LOG/$target.json" || true
-  cpu1=$(cpu_secs $proxy)
-  python3 - "$LOG/$target.json" "$target" "$SECS" "$(( cpu1 - cpu0 ))" "$CONNS" "$INTERVAL" <<'PY' || INVALID=1
-import json, sys
-t = sys.argv[2]; secs = float(sys.argv[3]); ticks = int(sys.argv[4])
-try:
-    r = json.load(open(sys.argv[1]))
-except Exception as e:
-    sys.exit(f"{t:>8}: no report ({e})")
-cpu = f"proxy CPU {ticks * 1e4 / max(1, r['pongs']):5.1f} us/round trip" if t != "direct" else ""
-print(f"{t:>8}: {r['pongs'] / secs:8.0f} round trips/s  p50 {r['latency_ms']['p50']:6.2f} ms  p99 {r['latency_ms']['p99']:7.2f} ms  failed upgrades {r['connect_failures']}  {cpu}")
-asked = int(sys.argv[5]) * secs * 1000 / int(sys.argv[6])
-if r["connect_failures"] or r["pongs"] < 0.9 * asked:
-    sys.exit(f"{t:>8}: invalid run: {r['connect_failures']} failed upgrades, {r['pongs']} of {asked:.0f} round trips answered")
-PY
+INVALID=0
+RESULTS=$LOG/results.jsonl
+REPORT="python3 bench/echo_report.py"
+echo "closed-loop echo: $CONNS connections, $SIZE-byte messages, $SECS s per run, $RUNS runs"
+orders=("direct gateway nginx" "nginx direct gateway" "gateway nginx direct")
+for run in $(seq 1 "$RUNS"); do
+  for target in ${orders[$(( (run - 1) % 3 ))]}; do
+    pids=$(pids_of $target)
+    perf_out=""
+    if [ "${PERF:-0}" = 1 ] && [ -n "$pids" ]; then
+      perf_out=$LOG/perf-$target-$run
+      perf stat -e raw_syscalls:sys_enter,context-switches -x, -o "$perf_out" \
+        -p "$(echo $pids | tr ' ' ,)" -- sleep $(( SECS + 2 )) &
+      PERF_PID=$!
+    fi
+    if [ -n "${PROFILE:-}" ] && [ "$PROFILE" = "$target" ] && [ "$run" = 1 ]; then
+      # PROFILE=gateway|nginx: a CPU profile of that proxy's first run, for `perf report -i`.
+      perf record -F 999 -g -o "bench/out/perf-$target.data" -p "$(echo $pids | tr ' ' ,)" -- sleep $(( SECS + 2 )) 2>/dev/null &
+      PERF_PID=$!
+    fi
+    c0=$(ticks $pids)
+    $BIN/rtc-echo run --target "127.0.0.1:$(port_of $target)" --path /ws/echo-0/connect \
+      --connections "$CONNS" --secs "$SECS" --warmup 2 --size "$SIZE" > "$LOG/$target-$run.json" 2>/dev/null || true
+    c1=$(ticks $pids)
+    [ -n "${PERF_PID:-}" ] && { wait "$PERF_PID" || true; PERF_PID=""; }
+    $REPORT run "$RESULTS" "$LOG/$target-$run.json" "$target" "$run" "$(( c1 - c0 ))" "$(getconf CLK_TCK)" "$SECS" 2 $perf_out || INVALID=1
+    sleep 1
+  done
 done
 
-[ "${SKIP_IDLE:-0}" = 1 ] && exit "$INVALID"
+if [ "${ONLY_ECHO:-0}" = 1 ]; then $REPORT summary "$RESULTS"; exit "$INVALID"; fi
 echo "memory per proxied idle WebSocket at $IDLE connections"
 for target in gateway nginx; do
-  if [ $target = gateway ]; then port=$BASE; pids=$GW_PID; else port=$NGX; pids=$(nginx_pids); fi
+  pids=$(pids_of $target)
   before=$(rss_kib $pids)
-  $BIN/rtc-loadtest --target "127.0.0.1:$port" --connections "$IDLE" --ramp-up 8 --duration 12 --msg-interval 36000000 \
-    --prefix "idle-$target" --json 2>"$LOG/idle-$target.err" > "$LOG/idle-$target.json" &
+  $BIN/rtc-echo run --target "127.0.0.1:$(port_of $target)" --path /ws/echo-0/connect --connections "$IDLE" \
+    --idle --secs 6 --warmup 0 --threads 1 > "$LOG/idle-$target.json" 2> "$LOG/idle-$target.err" &
   LT=$!
   for _ in $(seq 1 240); do grep -q "clients connected" "$LOG/idle-$target.err" && break; sleep 0.5; done
-  sleep 4
-  [ $target = nginx ] && pids=$(nginx_pids)
+  sleep 3
+  pids=$(pids_of $target)
   after=$(rss_kib $pids)
   wait "$LT" || true
-  failed=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['connect_failures'])" "$LOG/idle-$target.json")
-  awk -v a="$after" -v b="$before" -v n="$IDLE" -v t="$target" -v f="$failed" 'BEGIN { printf "%8s: %6.0f bytes per idle connection (failed upgrades %d)\n", t, (a - b) * 1024 / n, f }'
+  $REPORT idle "$RESULTS" "$LOG/idle-$target.json" "$target" "$before" "$after" "$IDLE" || INVALID=1
   sleep 3
 done
+
+echo "upgrade → echo → close, $UPGRADES times"
+for target in gateway nginx; do
+  $BIN/rtc-echo upgrades --target "127.0.0.1:$(port_of $target)" --path /ws/echo-0/connect \
+    --count "$UPGRADES" --concurrency 100 > "$LOG/upgrades-$target.json" 2>/dev/null || true
+  $REPORT upgrades "$RESULTS" "$LOG/upgrades-$target.json" "$target" || INVALID=1
+done
+
+echo "summary (ranges over $RUNS runs; ratio gateway/nginx within each run)"
+$REPORT summary "$RESULTS"
 [ "$INVALID" = 0 ] || { echo "invalid run (see above)"; exit 1; }

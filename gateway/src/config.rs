@@ -54,7 +54,7 @@ pub struct Config {
     /// Most proxied WebSockets at once; above it upgrades get 503.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 100_000)]
     pub max_connections: usize,
-    /// Worker threads of the public listener.
+    /// Threads of the public listener, each serving its own share of the connections.
     #[arg(long, env = "THREADS", default_value_t = 2)]
     pub threads: usize,
     /// On SIGTERM: seconds readiness fails before WebSockets are closed (so load balancers stop

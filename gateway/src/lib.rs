@@ -2,6 +2,7 @@
 //! healthy balancers; WebSockets go to the one node discovery knows, through our own splice
 //! (see `tunnel.rs` for why); an admin listener reports health, readiness, routes and metrics.
 
+pub mod accept;
 pub mod admin;
 pub mod config;
 pub mod discovery;
@@ -247,29 +248,52 @@ pub fn build(cfg: Config, trigger: Trigger) -> anyhow::Result<Built> {
         },
     );
 
-    let mut proxy =
-        pingora::proxy::http_proxy_service(&server.configuration, proxy::Proxy { gw: gw.clone() });
     // Unbuffered reads on client sockets: Pingora's default 64 KiB L4 read buffer would stay
     // allocated for every open WebSocket.
     let l4 = pingora::protocols::l4::stream::L4BufferSettings::new(
         0,
         pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
     );
-    proxy.add_listener(
-        pingora::listeners::ListenerConfig::tcp(gw.cfg.listen_addr.clone()).l4_buffer(l4),
-    );
-    let mut reloader = None;
-    if let (Some(addr), Some(cert), Some(key)) = (
-        &gw.cfg.tls_listen_addr,
-        &gw.cfg.tls_cert_file,
-        &gw.cfg.tls_key_file,
-    ) {
-        let certs = tls::Certs::open(cert.clone(), key.clone())?;
+    let mut certs = None;
+    if let (Some(cert), Some(key)) = (&gw.cfg.tls_cert_file, &gw.cfg.tls_key_file) {
+        certs = Some(tls::Certs::open(cert.clone(), key.clone())?);
+    }
+    // Plain TCP: our own accept loops, one per thread (`accept.rs`). TLS: Pingora's listening
+    // service, which does the handshakes.
+    let app = {
+        let mut app = pingora::proxy::HttpProxy::new(
+            proxy::Proxy { gw: gw.clone() },
+            server.configuration.clone(),
+        );
+        app.handle_init_modules();
+        Arc::new(app)
+    };
+    let acceptors: Vec<_> = accept::bind(&gw.cfg.listen_addr, gw.cfg.threads)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, socket)| {
+            background_service(
+                &format!("accept-{i}"),
+                accept::Acceptor::new(format!("accept-{i}"), socket, app.clone()),
+            )
+        })
+        .collect();
+    let mut tls_proxy = None;
+    if let (Some(addr), Some(certs)) = (&gw.cfg.tls_listen_addr, &certs) {
+        let mut proxy = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            proxy::Proxy { gw: gw.clone() },
+            "tls",
+        );
         proxy.add_listener(
             pingora::listeners::ListenerConfig::tcp(addr.clone())
                 .l4_buffer(l4)
                 .tls(tls::settings(certs.clone())?),
         );
+        tls_proxy = Some(proxy);
+    }
+    let mut reloader = None;
+    if let Some(certs) = certs.filter(|_| gw.cfg.tls_listen_addr.is_some()) {
         for r in ["ok", "failed"] {
             gw.metrics.tls_reloads.with_label_values(&[r]);
         }
@@ -300,8 +324,12 @@ pub fn build(cfg: Config, trigger: Trigger) -> anyhow::Result<Built> {
     if let Some(r) = reloader {
         server.add_service(r);
     }
-    let proxy_handle = server.add_service(proxy);
-    proxy_handle.add_dependency(&lb_handle);
+    for a in acceptors {
+        server.add_service(a).add_dependency(&lb_handle);
+    }
+    if let Some(proxy) = tls_proxy {
+        server.add_service(proxy).add_dependency(&lb_handle);
+    }
     server.add_service(admin);
     Ok(Built {
         server,

@@ -12,10 +12,13 @@ use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use rtc_protocol::{ErrorCode, Refusal};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 pub struct Proxy {
@@ -246,10 +249,9 @@ enum End {
     NodeGone,
 }
 
-/// Client→node reads use a small buffer; node→client reads allocate only once bytes are there,
-/// so an idle WebSocket holds almost nothing.
-const CLIENT_READ_BUF: usize = 2048;
-const NODE_READ_BUF: usize = 4096;
+/// Bytes read per read call, into a buffer on the stack of the poll that reads: a WebSocket
+/// holds no buffer between messages.
+const READ_BUF: usize = 4096;
 
 /// Copies bytes both ways until either side closes or the gateway goes away. Going away, the
 /// client gets a 1001 close frame at the next frame boundary; a client silent for the idle
@@ -314,6 +316,50 @@ async fn splice(
     .await;
 }
 
+/// What one poll of both directions did.
+enum Step {
+    /// Something moved (or the gateway started going away): look again.
+    Again,
+    End(End),
+    /// Bytes read but not (wholly) written because the other side could not take them now:
+    /// write `rest` (and flush) before reading on; `stop` when it ends at the going-away cut.
+    Write {
+        to_client: bool,
+        rest: Bytes,
+        stop: bool,
+    },
+}
+
+/// Writes `data` without waiting: `None` when all of it went (and, towards the client, was
+/// flushed), else what is left, owned, to be written by awaiting.
+fn write_now<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    cx: &mut Context<'_>,
+    data: &[u8],
+    flush: bool,
+) -> std::io::Result<Option<Bytes>> {
+    let n = match Pin::new(&mut *w).poll_write(cx, data) {
+        Poll::Ready(r) => r?,
+        Poll::Pending => 0,
+    };
+    if n < data.len() {
+        return Ok(Some(Bytes::copy_from_slice(&data[n..])));
+    }
+    if flush {
+        if let Poll::Ready(r) = Pin::new(&mut *w).poll_flush(cx) {
+            r?;
+        } else {
+            // The bytes sit in the writer's buffer; an empty write then a flush finishes them.
+            return Ok(Some(Bytes::new()));
+        }
+    }
+    Ok(None)
+}
+
+/// The copy loop. Each poll reads what either side has into a stack buffer and writes it on at
+/// once, so a message costs one read and one write system call and no allocation; only when the
+/// other side cannot take the bytes now are they copied out and awaited. The idle deadline
+/// moves with a timestamp, not a timer reset per message.
 async fn copy(
     gw: &Gateway,
     client: &mut pingora::protocols::Stream,
@@ -321,63 +367,113 @@ async fn copy(
     tracker: &mut FrameTracker,
     from_client: &mut FrameTracker,
 ) -> End {
-    // Both live across iterations: re-creating a timer and a waiter per message costs more than
-    // the copy itself.
     let going_away = gw.going_away.clone().cancelled_owned();
     tokio::pin!(going_away);
     let idle = Duration::from_secs(gw.cfg.ws_idle_timeout_secs);
+    let mut last_heard = tokio::time::Instant::now();
     let idle_timer = tokio::time::sleep(idle);
     tokio::pin!(idle_timer);
-    let mut cbuf = vec![0u8; CLIENT_READ_BUF];
+    // Set once `going_away` fires (asking the token each round would take its lock).
+    let mut leaving = false;
     loop {
-        let leaving = gw.going_away.is_cancelled();
         if leaving && tracker.at_boundary() {
             return End::GoingAway;
         }
-        tokio::select! {
-            () = &mut idle_timer => return End::ClientIdle,
-            r = client.read(&mut cbuf) => match r {
-                Ok(0) | Err(_) => return End::ClientGone,
-                Ok(n) => {
-                    idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
-                    from_client.feed(&cbuf[..n]);
-                    if up.write_all(&cbuf[..n]).await.is_err() {
-                        return End::NodeGone;
+        let step = std::future::poll_fn(|cx| {
+            if !leaving && going_away.as_mut().poll(cx).is_ready() {
+                leaving = true;
+                return Poll::Ready(Step::Again);
+            }
+            while idle_timer.as_mut().poll(cx).is_ready() {
+                let due = last_heard + idle;
+                if tokio::time::Instant::now() >= due {
+                    return Poll::Ready(Step::End(End::ClientIdle));
+                }
+                idle_timer.as_mut().reset(due);
+            }
+            let mut moved = false;
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); READ_BUF];
+            let mut rb = ReadBuf::uninit(&mut buf);
+            match Pin::new(&mut *client).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    let data = rb.filled();
+                    last_heard = tokio::time::Instant::now();
+                    from_client.feed(data);
+                    match write_now(up, cx, data, false) {
+                        Ok(None) => moved = true,
+                        Ok(Some(rest)) => {
+                            return Poll::Ready(Step::Write {
+                                to_client: false,
+                                rest,
+                                stop: false,
+                            })
+                        }
+                        Err(_) => return Poll::Ready(Step::End(End::NodeGone)),
                     }
                 }
-            },
-            r = up.readable() => {
-                if r.is_err() {
+                Poll::Ready(_) => return Poll::Ready(Step::End(End::ClientGone)),
+                Poll::Pending => {}
+            }
+            let mut rb = ReadBuf::uninit(&mut buf);
+            match Pin::new(&mut *up).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    let mut data = rb.filled();
+                    let mut stop = false;
+                    if leaving {
+                        if let Some(end) = tracker.boundary_in(data) {
+                            data = &data[..end];
+                            stop = true;
+                        }
+                    } else {
+                        tracker.feed(data);
+                    }
+                    match write_now(client, cx, data, true) {
+                        Ok(None) if stop => return Poll::Ready(Step::End(End::GoingAway)),
+                        Ok(None) => moved = true,
+                        Ok(Some(rest)) => {
+                            return Poll::Ready(Step::Write {
+                                to_client: true,
+                                rest,
+                                stop,
+                            })
+                        }
+                        Err(_) => return Poll::Ready(Step::End(End::ClientGone)),
+                    }
+                }
+                Poll::Ready(_) => return Poll::Ready(Step::End(End::NodeGone)),
+                Poll::Pending => {}
+            }
+            if moved {
+                Poll::Ready(Step::Again)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        match step {
+            Step::Again => {}
+            Step::End(end) => return end,
+            Step::Write {
+                to_client: false,
+                rest,
+                ..
+            } => {
+                if up.write_all(&rest).await.is_err() {
                     return End::NodeGone;
                 }
-                // Uninitialised capacity, allocated only now: no zero-fill per message, and
-                // nothing held while the WebSocket is idle.
-                let mut buf = bytes::BytesMut::with_capacity(NODE_READ_BUF);
-                match up.try_read_buf(&mut buf) {
-                    Ok(0) => return End::NodeGone,
-                    Ok(_) => {
-                        let mut data = buf.freeze();
-                        let mut stop = false;
-                        if leaving {
-                            if let Some(end) = tracker.boundary_in(&data) {
-                                data.truncate(end);
-                                stop = true;
-                            }
-                        } else {
-                            tracker.feed(&data);
-                        }
-                        if client.write_all(&data).await.is_err() || client.flush().await.is_err() {
-                            return End::ClientGone;
-                        }
-                        if stop {
-                            return End::GoingAway;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return End::NodeGone,
+            }
+            Step::Write {
+                to_client: true,
+                rest,
+                stop,
+            } => {
+                if client.write_all(&rest).await.is_err() || client.flush().await.is_err() {
+                    return End::ClientGone;
+                }
+                if stop {
+                    return End::GoingAway;
                 }
             }
-            () = &mut going_away, if !leaving => {}
         }
     }
 }

@@ -1,0 +1,264 @@
+//! The public plain-TCP listener: THREADS accept loops, each on its own SO_REUSEPORT socket and
+//! its own thread with a current-thread runtime, handing every connection to Pingora's HTTP proxy on the
+//! thread that accepted it.
+//!
+//! Why not Pingora's listening service: it runs every accept loop of a service on one runtime,
+//! so one thread's I/O driver owns all client sockets while the connections are served on any
+//! thread — each message through a tunnel served elsewhere cost a cross-thread wake-up (an
+//! eventfd write and a context switch). And two services sharing one address share one file
+//! descriptor, which both close at shutdown. Here the kernel spreads connections over the
+//! sockets, and a connection's sockets, tunnel and wake-ups stay on one thread.
+
+use async_trait::async_trait;
+use bytes::{Buf, BytesMut};
+use pingora::apps::ServerApp;
+use pingora::protocols::raw_connect::ProxyDigest;
+use pingora::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Connections waiting to be accepted, per socket.
+const BACKLOG: u32 = 4096;
+
+/// Binds `n` sockets to `addr` with SO_REUSEPORT (all to the port the first got, when `addr`
+/// asks for port 0). They listen once their accept loops start.
+pub fn bind(addr: &str, n: usize) -> anyhow::Result<Vec<TcpSocket>> {
+    let mut at: SocketAddr = addr
+        .parse()
+        .map_err(|e| anyhow::anyhow!("LISTEN_ADDR {addr:?} is not an IP:port: {e}"))?;
+    let mut sockets = Vec::with_capacity(n);
+    for _ in 0..n.max(1) {
+        let socket = if at.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.set_reuseport(true)?;
+        socket
+            .bind(at)
+            .map_err(|e| anyhow::anyhow!("LISTEN_ADDR {at}: {e}"))?;
+        at = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// One accept loop on a thread of its own with a current-thread runtime (no work-stealing
+/// machinery on the path of every message), started and awaited as a Pingora background service
+/// so it follows the server's lifecycle.
+pub struct Acceptor<A> {
+    name: String,
+    socket: Mutex<Option<TcpSocket>>,
+    app: Arc<A>,
+}
+
+impl<A> Acceptor<A> {
+    pub fn new(name: String, socket: TcpSocket, app: Arc<A>) -> Self {
+        Acceptor {
+            name,
+            socket: Mutex::new(Some(socket)),
+            app,
+        }
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> BackgroundService for Acceptor<A> {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let socket = self
+            .socket
+            .lock()
+            .expect("acceptor lock")
+            .take()
+            .expect("an acceptor starts once");
+        let app = self.app.clone();
+        let (done, ended) = tokio::sync::oneshot::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name(self.name.clone())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    // Connections still open when the loop ends are dropped with the runtime:
+                    // by then the shutdown sequence has closed every WebSocket.
+                    Ok(rt) => rt.block_on(accept_loop(socket, app, shutdown)),
+                    Err(e) => tracing::error!(error = %e, "accept runtime failed to start"),
+                }
+                let _ = done.send(());
+            });
+        match spawned {
+            Ok(_) => {
+                let _ = ended.await;
+            }
+            Err(e) => tracing::error!(error = %e, "accept thread failed to start"),
+        }
+    }
+}
+
+async fn accept_loop<A: ServerApp + Send + Sync + 'static>(
+    socket: TcpSocket,
+    app: Arc<A>,
+    mut shutdown: ShutdownWatch,
+) {
+    let listener = match socket.listen(BACKLOG) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, "listen failed");
+            return;
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => {
+                if *shutdown.borrow() {
+                    return;
+                }
+                continue;
+            }
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let stream = ClientConn::new(tcp);
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut next = app.process_new(Box::new(stream), &shutdown).await;
+            while let Some(reused) = next {
+                next = app.process_new(reused, &shutdown).await;
+            }
+        });
+    }
+}
+
+/// Writes smaller than this are gathered until a flush (an HTTP head and its body leave in one
+/// segment); larger ones go straight to the socket.
+const WRITE_GATHER: usize = 16 * 1024;
+
+/// A client connection as Pingora's HTTP code and our tunnel see it: the socket, unbuffered
+/// reads, and writes gathered until flushed. The gathering buffer exists only while it holds
+/// bytes, so an idle WebSocket holds nothing but the socket.
+#[derive(Debug)]
+pub struct ClientConn {
+    tcp: TcpStream,
+    out: BytesMut,
+    /// Pingora finds the client's address here (x-forwarded-for, logs).
+    digest: Arc<SocketDigest>,
+}
+
+impl ClientConn {
+    pub fn new(tcp: TcpStream) -> Self {
+        let digest = Arc::new(SocketDigest::from_raw_fd(tcp.as_raw_fd()));
+        ClientConn {
+            tcp,
+            out: BytesMut::new(),
+            digest,
+        }
+    }
+
+    /// Writes out what was gathered.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.out.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.tcp).poll_write(cx, &self.out))?;
+            if n == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+            }
+            self.out.advance(n);
+        }
+        // Give the buffer back: an idle connection keeps no capacity.
+        self.out = BytesMut::new();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for ClientConn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tcp).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ClientConn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.out.len() + buf.len() > WRITE_GATHER {
+            std::task::ready!(self.poll_drain(cx))?;
+        }
+        if buf.len() >= WRITE_GATHER {
+            return Pin::new(&mut self.tcp).poll_write(cx, buf);
+        }
+        self.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.tcp).poll_shutdown(cx)
+    }
+}
+
+#[async_trait]
+impl Shutdown for ClientConn {
+    async fn shutdown(&mut self) {
+        let _ = tokio::io::AsyncWriteExt::shutdown(self).await;
+    }
+}
+
+impl UniqueID for ClientConn {
+    fn id(&self) -> UniqueIDType {
+        self.tcp.as_raw_fd()
+    }
+}
+
+impl Ssl for ClientConn {}
+
+impl GetTimingDigest for ClientConn {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        Vec::new()
+    }
+}
+
+impl GetProxyDigest for ClientConn {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for ClientConn {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        Some(self.digest.clone())
+    }
+}
+
+#[async_trait]
+impl Peek for ClientConn {}
