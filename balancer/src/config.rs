@@ -198,6 +198,7 @@ impl Config {
     pub fn for_tests(kafka: &str, redis: &str) -> Self {
         let mut c = Config::parse_from(["rtc-balancer"]);
         c.shared.kafka_bootstrap = kafka.into();
+        c.shared.kafka_fetch_wait_ms = rtc_serverkit::config::MOCK_KAFKA_FETCH_WAIT_MS;
         c.shared.redis_url = redis.into();
         c.listen_addr = "127.0.0.1:0".into();
         c.ring_interval_ms = 200;

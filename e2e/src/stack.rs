@@ -141,6 +141,10 @@ impl Stack {
                 ("NODE_ID", id.to_string()),
                 ("LISTEN_ADDR", addr.clone()),
                 ("KAFKA_BOOTSTRAP", self.kafka.bootstrap.clone()),
+                (
+                    "KAFKA_FETCH_WAIT_MS",
+                    self.kafka.fetch_wait_ms().to_string(),
+                ),
                 ("REDIS_URL", self.redis.url.clone()),
                 ("SLOTS", SLOTS.to_string()),
                 ("HEARTBEAT_INTERVAL_MS", "200".into()),

@@ -74,6 +74,7 @@ async fn scenario() {
                         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                         env("LISTEN_ADDR", "$(POD_IP):8090".into()),
                         env("KAFKA_BOOTSTRAP", kafka.bootstrap.clone()),
+                        env("KAFKA_FETCH_WAIT_MS", kafka.fetch_wait_ms().to_string()),
                         env("REDIS_URL", redis.url.clone()),
                         env("SLOTS", SLOTS.to_string()),
                         env("HEARTBEAT_INTERVAL_MS", "500".into()),

@@ -22,12 +22,18 @@ struct Balancer {
     proc: Owned,
 }
 
-fn spawn_balancer(name: &'static str, kubeconfig: &Path, kafka: &str, redis: &str) -> Balancer {
+fn spawn_balancer(
+    name: &'static str,
+    kubeconfig: &Path,
+    kafka: &rtc_testkit::kafka::Kafka,
+    redis: &str,
+) -> Balancer {
     let addr = format!("127.0.0.1:{}", rtc_testkit::free_port());
     let child = std::process::Command::new(rtc_e2e::workspace_bin("rtc-balancer"))
         .envs([
             ("LISTEN_ADDR", addr.clone()),
-            ("KAFKA_BOOTSTRAP", kafka.into()),
+            ("KAFKA_BOOTSTRAP", kafka.bootstrap.clone()),
+            ("KAFKA_FETCH_WAIT_MS", kafka.fetch_wait_ms().to_string()),
             ("REDIS_URL", redis.into()),
             ("SLOTS", SLOTS.to_string()),
             ("RING_INTERVAL_MS", "200".into()),
@@ -122,6 +128,7 @@ async fn one_leader_at_a_time_and_rings_of_a_deposed_leader_are_fenced() {
                 ("NODE_ID", "node-0".to_string()),
                 ("LISTEN_ADDR", node_addr.clone()),
                 ("KAFKA_BOOTSTRAP", kafka.bootstrap.clone()),
+                ("KAFKA_FETCH_WAIT_MS", kafka.fetch_wait_ms().to_string()),
                 ("REDIS_URL", redis.url.clone()),
                 ("SLOTS", SLOTS.to_string()),
                 ("HEARTBEAT_INTERVAL_MS", "200".into()),
@@ -133,9 +140,9 @@ async fn one_leader_at_a_time_and_rings_of_a_deposed_leader_are_fenced() {
     );
 
     // a leads first (term 1); b follows and answers resolve from a's ring.
-    let a = spawn_balancer("lb-a", &via_proxy, &kafka.bootstrap, &redis.url);
+    let a = spawn_balancer("lb-a", &via_proxy, &kafka, &redis.url);
     until_leads(&a, Duration::from_secs(60)).await;
-    let b = spawn_balancer("lb-b", &cp.kubeconfig, &kafka.bootstrap, &redis.url);
+    let b = spawn_balancer("lb-b", &cp.kubeconfig, &kafka, &redis.url);
     rtc_testkit::wait_for("b to take a's ring", Duration::from_secs(60), || async {
         let (ea, eb) = (a.epoch().await, b.epoch().await);
         ea > 0 && ea == eb
@@ -193,7 +200,7 @@ async fn one_leader_at_a_time_and_rings_of_a_deposed_leader_are_fenced() {
     );
 
     // SIGTERM of the leader (a): it releases the Lease; a new b leads within about a retry.
-    let b2 = spawn_balancer("lb-b", &cp.kubeconfig, &kafka.bootstrap, &redis.url);
+    let b2 = spawn_balancer("lb-b", &cp.kubeconfig, &kafka, &redis.url);
     rtc_testkit::wait_for("b2 to follow", Duration::from_secs(60), || async {
         b2.epoch().await >> 32 == 3
     })

@@ -132,12 +132,21 @@ async fn main() -> anyhow::Result<()> {
             b
         }
     };
+    // The embedded mock holds every fetch for the whole wait: keep it short there (unless the
+    // environment says otherwise; children inherit it).
+    let mock = args.kafka_bootstrap.is_none() && args.kafka == "mock";
     let shared = |extra: Vec<(&'static str, String)>| -> Vec<(&'static str, String)> {
         let mut v = vec![
             ("KAFKA_BOOTSTRAP", kafka.clone()),
             ("REDIS_URL", redis_url.clone()),
             ("SLOTS", args.slots.to_string()),
         ];
+        if mock && std::env::var_os("KAFKA_FETCH_WAIT_MS").is_none() {
+            v.push((
+                "KAFKA_FETCH_WAIT_MS",
+                rtc_serverkit::config::MOCK_KAFKA_FETCH_WAIT_MS.to_string(),
+            ));
+        }
         v.extend(extra);
         v
     };

@@ -6,6 +6,10 @@ pub const DEFAULT_KAFKA_BOOTSTRAP: &str = "127.0.0.1:9092";
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Only for local runs: every deployment must set its own RING_SECRET.
 pub const DEFAULT_RING_SECRET: &str = "local-dev-ring-secret";
+/// KAFKA_FETCH_WAIT_MS for a real broker.
+pub const DEFAULT_KAFKA_FETCH_WAIT_MS: u32 = 500;
+/// KAFKA_FETCH_WAIT_MS for librdkafka's embedded mock cluster, which holds every fetch this long.
+pub const MOCK_KAFKA_FETCH_WAIT_MS: u32 = 10;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Shared {
@@ -22,9 +26,11 @@ pub struct Shared {
     #[arg(long, env = "SLOTS", default_value_t = DEFAULT_SLOTS)]
     pub slots: u32,
     /// Longest time (ms) a consumer's fetch may wait at the broker when there is no data. A
-    /// real broker answers as soon as a record arrives, so this only bounds idle polling; the
-    /// embedded mock cluster always waits it out, so there it adds up to this much latency.
-    #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = 10)]
+    /// real broker answers as soon as a record arrives, so this only bounds idle polling (500,
+    /// Kafka's own default: an idle node fetches twice a second per consumer); the embedded mock
+    /// cluster always waits it out, so there it adds up to this much latency and the local
+    /// stack and the tests set 10.
+    #[arg(long, env = "KAFKA_FETCH_WAIT_MS", default_value_t = DEFAULT_KAFKA_FETCH_WAIT_MS)]
     pub kafka_fetch_wait_ms: u32,
 }
 

@@ -69,6 +69,15 @@ fn broker_cmd(args: &[&str]) -> anyhow::Result<String> {
 }
 
 impl Kafka {
+    /// KAFKA_FETCH_WAIT_MS for clients of this Kafka: the mock holds every fetch that long.
+    pub fn fetch_wait_ms(&self) -> u32 {
+        if self.kind == "mock" {
+            rtc_serverkit::config::MOCK_KAFKA_FETCH_WAIT_MS
+        } else {
+            rtc_serverkit::config::DEFAULT_KAFKA_FETCH_WAIT_MS
+        }
+    }
+
     /// The Kafka named by `RTC_TEST_KAFKA`: `mock` (the default) or `broker`.
     pub async fn from_env(slots: u32) -> anyhow::Result<Self> {
         match std::env::var("RTC_TEST_KAFKA").as_deref() {

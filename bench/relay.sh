@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# Relay cost on a real Kafka broker (Apache Kafka, started by rtc-local with LOCAL_KAFKA=broker;
+# the broker's JVM gets the full JIT and a 1 GiB heap here, not the tests' quick-start flags).
+# The local stack with NODES socket nodes; rtc-loadtest clients connect straight to the nodes
+# (no gateway on the path) and send direct messages to peers, mostly on other nodes, so every
+# message crosses Kafka from one node to another. Prints one line per figure:
+#   - idle: CPU of each idle node (no clients), in cores;
+#   - per offered rate (RATES, msgs/s): delivered/s, p50/p99, socket-node CPU per delivered
+#     message and delivered messages per second per core of socket-node CPU, and the broker's CPU;
+#   - half saturation: p99 at half the highest delivered rate.
+# Exits non-zero when a run is invalid: lost messages or connect failures, or (below saturation)
+# less than 90 % of the offered load delivered.
+#   bench/relay.sh      (NODES=3 CONNS=1000 SECS=20 RATES="2000 10000 20000")
+set -euo pipefail
+cd "$(dirname "$0")/.."
+NODES=${NODES:-3}
+CONNS=${CONNS:-1000}
+SECS=${SECS:-20}
+RATES=${RATES:-2000 10000 20000}
+IDLE_SECS=${IDLE_SECS:-20}
+BASE=${BASE_PORT:-27080}
+export KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseSerialGC -XX:-UsePerfData -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true}
+export KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms1g -Xmx1g}
+cargo build --release --bins --quiet
+BIN=target/release
+WORK=$(mktemp -d)
+LOCAL_KAFKA=broker $BIN/rtc-local --nodes "$NODES" --gateway-port "$BASE" --admin-port $(( BASE + 1 )) \
+  --balancer-port $(( BASE + 2 )) --socket-base-port $(( BASE + 10 )) > "$WORK/local.log" 2>&1 &
+LOCAL=$!
+trap 'kill -INT $LOCAL 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+for _ in $(seq 1 360); do grep -q "is up" "$WORK/local.log" && break; sleep 0.5; done
+grep -q "is up" "$WORK/local.log" || { tail -20 "$WORK/local.log"; exit 1; }
+NODE_PIDS=()
+for pid in $(ps -o pid= --ppid "$LOCAL"); do
+  case "$(tr '\0' ' ' < "/proc/$pid/cmdline")" in *rtc-socket*) NODE_PIDS+=("$pid") ;; esac
+done
+KPID=$(cat /dev/shm/rtc-kafka-"$LOCAL"-*/kafka.pid 2>/dev/null || cat "${TMPDIR:-/tmp}"/rtc-kafka-"$LOCAL"-*/kafka.pid)
+ticks() { local t=0; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done; echo "$t"; }
+HZ=$(getconf CLK_TCK)
+echo "date=$(date -u +%FT%TZ) host=$(nproc)cpu nodes=$NODES conns=$CONNS secs=$SECS kafka=broker"
+
+# Idle: the stack settles, then nothing happens for IDLE_SECS.
+sleep 10
+idle=()
+for p in "${NODE_PIDS[@]}"; do idle+=("$(ticks "$p")"); done
+k0=$(ticks "$KPID")
+sleep "$IDLE_SECS"
+line="idle nodes:"
+for i in "${!NODE_PIDS[@]}"; do
+  t=$(ticks "${NODE_PIDS[$i]}")
+  line+=" $(awk -v d=$(( t - ${idle[$i]} )) -v hz="$HZ" -v s="$IDLE_SECS" 'BEGIN { printf "%.4f", d / hz / s }')"
+done
+echo "$line cores each; broker $(awk -v d=$(( $(ticks "$KPID") - k0 )) -v hz="$HZ" -v s="$IDLE_SECS" 'BEGIN { printf "%.3f", d / hz / s }') cores"
+
+invalid=0
+run() { # rate label → prints one line, appends "delivered/s" to $WORK/rates
+  local rate=$1 label=$2 interval t0 t1 k0 k1
+  interval=$(( CONNS * 1000 / rate ))
+  t0=$(ticks "${NODE_PIDS[@]}"); k0=$(ticks "$KPID")
+  $BIN/rtc-loadtest --target "127.0.0.1:$BASE" --node-routes "127.0.0.1:$(( BASE + 1 ))" --connections "$CONNS" \
+    --ramp-up 5 --duration "$SECS" --msg-interval "$interval" --prefix "r$rate-$label" --json \
+    > "$WORK/$label.json" 2> "$WORK/$label.err" || true
+  t1=$(ticks "${NODE_PIDS[@]}"); k1=$(ticks "$KPID")
+  python3 - "$WORK/$label.json" "$label" "$rate" "$SECS" "$(( t1 - t0 ))" "$(( k1 - k0 ))" "$HZ" "$WORK/rates" <<'PY' || invalid=1
+import json, sys
+path, label, rate, secs, node_ticks, kafka_ticks, hz, rates = sys.argv[1:9]
+rate, secs, hz = int(rate), float(secs), int(hz)
+try:
+    r = json.load(open(path))
+except Exception as e:
+    sys.exit(f"{label}: invalid: no report ({e})")
+delivered = r["delivered"]
+node_cpu = int(node_ticks) / hz          # CPU seconds of all socket nodes over the run
+per_msg = node_cpu * 1e6 / max(1, delivered)
+per_core = delivered / max(node_cpu, 1e-9)
+lat = r["latency_ms"]
+print(f"{label}: {delivered / secs:7.0f} msgs/s delivered of {rate} offered  p50 {lat['p50']:6.1f} ms  p99 {lat['p99']:7.1f} ms  "
+      f"node CPU {per_msg:6.1f} us/msg = {per_core:7.0f} msgs/s per node core  broker {int(kafka_ticks) / hz / (secs + 5):.2f} cores  "
+      f"lost {r['lost']} dup {r['duplicated']}")
+open(rates, "a").write(f"{delivered / secs:.0f} {per_core:.0f}\n")
+bad = r["lost"] or r["connect_failures"]
+if label.startswith("offered") and delivered < 0.9 * rate * secs:
+    print(f"{label}: saturated (delivered {delivered / secs:.0f} of {rate}/s)")
+if bad:
+    sys.exit(f"{label}: invalid: lost {r['lost']}, connect failures {r['connect_failures']}")
+PY
+}
+for rate in $RATES; do
+  run "$rate" "offered-$rate"
+done
+sat=$(sort -n "$WORK/rates" | tail -1 | cut -d' ' -f1)
+best=$(sort -k2 -n "$WORK/rates" | tail -1 | cut -d' ' -f2)
+echo "saturation: $sat msgs/s delivered; best $best msgs/s per node core"
+half=$(( sat / 2 ))
+run "$half" "half-saturation"
+[ "$invalid" = 0 ] || { echo "invalid run (see above)"; exit 1; }
