@@ -10,7 +10,8 @@
 #   - half saturation: p99 at half the highest delivered rate.
 # Exits non-zero when a run is invalid: lost messages or connect failures, or (below saturation)
 # less than 90 % of the offered load delivered.
-#   bench/relay.sh      (NODES=3 CONNS=1000 SECS=20 RATES="2000 10000 20000")
+#   bench/relay.sh      (NODES=3 CONNS=1000 SECS=20 RATES="2000 10000 20000"; KEEP=1 keeps the
+#                        load test's reports and logs and prints where)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${NODES:-3}
@@ -27,7 +28,7 @@ WORK=$(mktemp -d)
 LOCAL_KAFKA=broker $BIN/rtc-local --nodes "$NODES" --gateway-port "$BASE" --admin-port $(( BASE + 1 )) \
   --balancer-port $(( BASE + 2 )) --socket-base-port $(( BASE + 10 )) > "$WORK/local.log" 2>&1 &
 LOCAL=$!
-trap 'kill -INT $LOCAL 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+trap 'kill -INT $LOCAL 2>/dev/null || true; wait 2>/dev/null || true; [ "${KEEP:-0}" = 1 ] && echo "kept $WORK" || rm -rf "$WORK"' EXIT
 for _ in $(seq 1 360); do grep -q "is up" "$WORK/local.log" && break; sleep 0.5; done
 grep -q "is up" "$WORK/local.log" || { tail -20 "$WORK/local.log"; exit 1; }
 NODE_PIDS=()
