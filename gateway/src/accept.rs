@@ -175,6 +175,13 @@ impl ClientConn {
         }
     }
 
+    /// The bare socket, once everything gathered is written (a proxied WebSocket's bytes go
+    /// straight through from then on).
+    pub async fn into_tcp(mut self) -> std::io::Result<TcpStream> {
+        std::future::poll_fn(|cx| self.poll_drain(cx)).await?;
+        Ok(self.tcp)
+    }
+
     /// Writes out what was gathered.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while !self.out.is_empty() {
@@ -262,3 +269,64 @@ impl GetSocketDigest for ClientConn {
 
 #[async_trait]
 impl Peek for ClientConn {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A connected pair: (our ClientConn, the peer's socket).
+    async fn pair() -> (ClientConn, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (tcp, _) = l.accept().await.unwrap();
+        (ClientConn::new(tcp), peer)
+    }
+
+    #[tokio::test]
+    async fn small_writes_leave_together_at_the_flush_and_nothing_stays_buffered() {
+        let (mut conn, mut peer) = pair().await;
+        conn.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n")
+            .await
+            .unwrap();
+        conn.write_all(b"{}").await.unwrap();
+        // Gathered, not sent: the peer has nothing yet.
+        let mut buf = [0u8; 256];
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(100), peer.read(&mut buf))
+                .await
+                .is_err(),
+            "bytes left before the flush"
+        );
+        conn.flush().await.unwrap();
+        let n = peer.read(&mut buf).await.unwrap();
+        assert!(
+            buf[..n].ends_with(b"\r\n\r\n{}"),
+            "head and body in one read"
+        );
+        assert_eq!(conn.out.capacity(), 0, "no buffer kept after the flush");
+    }
+
+    #[tokio::test]
+    async fn the_digest_names_the_client_and_into_tcp_writes_what_was_gathered() {
+        let (mut conn, mut peer) = pair().await;
+        let digest = conn.get_socket_digest().expect("a digest");
+        assert_eq!(
+            digest.peer_addr().and_then(|a| a.as_inet()).copied(),
+            Some(peer.local_addr().unwrap())
+        );
+        conn.write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+            .await
+            .unwrap();
+        let mut tcp = conn.into_tcp().await.unwrap();
+        tcp.write_all(b"\x81\x00").await.unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"\x81\x00") {
+            let mut buf = [0u8; 64];
+            let n = peer.read(&mut buf).await.unwrap();
+            assert!(n > 0, "peer closed");
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, b"HTTP/1.1 101 Switching Protocols\r\n\r\n\x81\x00");
+    }
+}

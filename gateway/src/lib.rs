@@ -248,16 +248,23 @@ pub fn build(cfg: Config, trigger: Trigger) -> anyhow::Result<Built> {
         },
     );
 
-    // Unbuffered reads on client sockets: Pingora's default 64 KiB L4 read buffer would stay
-    // allocated for every open WebSocket.
+    // Unbuffered reads on TLS client sockets: Pingora's default 64 KiB L4 read buffer would stay
+    // allocated for every open WebSocket (plain TCP ones are `accept::ClientConn`s).
     let l4 = pingora::protocols::l4::stream::L4BufferSettings::new(
         0,
         pingora::protocols::l4::stream::DEFAULT_L4_WRITE_BUFFER_SIZE,
     );
-    let mut certs = None;
-    if let (Some(cert), Some(key)) = (&gw.cfg.tls_cert_file, &gw.cfg.tls_key_file) {
-        certs = Some(tls::Certs::open(cert.clone(), key.clone())?);
-    }
+    // Validation made the three TLS settings all-or-nothing.
+    let tls = match (
+        &gw.cfg.tls_listen_addr,
+        &gw.cfg.tls_cert_file,
+        &gw.cfg.tls_key_file,
+    ) {
+        (Some(addr), Some(cert), Some(key)) => {
+            Some((addr.clone(), tls::Certs::open(cert.clone(), key.clone())?))
+        }
+        _ => None,
+    };
     // Plain TCP: our own accept loops, one per thread (`accept.rs`). TLS: Pingora's listening
     // service, which does the handshakes.
     let app = {
@@ -272,28 +279,27 @@ pub fn build(cfg: Config, trigger: Trigger) -> anyhow::Result<Built> {
         .into_iter()
         .enumerate()
         .map(|(i, socket)| {
+            let name = format!("accept-{i}");
             background_service(
-                &format!("accept-{i}"),
-                accept::Acceptor::new(format!("accept-{i}"), socket, app.clone()),
+                &name,
+                accept::Acceptor::new(name.clone(), socket, app.clone()),
             )
         })
         .collect();
     let mut tls_proxy = None;
-    if let (Some(addr), Some(certs)) = (&gw.cfg.tls_listen_addr, &certs) {
+    let mut reloader = None;
+    if let Some((addr, certs)) = tls {
         let mut proxy = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
             proxy::Proxy { gw: gw.clone() },
             "tls",
         );
         proxy.add_listener(
-            pingora::listeners::ListenerConfig::tcp(addr.clone())
+            pingora::listeners::ListenerConfig::tcp(addr)
                 .l4_buffer(l4)
                 .tls(tls::settings(certs.clone())?),
         );
         tls_proxy = Some(proxy);
-    }
-    let mut reloader = None;
-    if let Some(certs) = certs.filter(|_| gw.cfg.tls_listen_addr.is_some()) {
         for r in ["ok", "failed"] {
             gw.metrics.tls_reloads.with_label_values(&[r]);
         }

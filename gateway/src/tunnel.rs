@@ -2,12 +2,17 @@
 //! down 0.3–0.7 % of proxied upgrades when the 101 is read before the request's empty body
 //! (upstream issue #946). Here the handshake is sent and its answer read before anything is
 //! tunnelled, so the race cannot happen; and because we see the server's frame boundaries we can
-//! close every WebSocket with a proper 1001 frame on shutdown.
+//! close every WebSocket with a proper 1001 frame on shutdown. Here too: the handshake with the
+//! node, the frame boundaries, and the copy loop.
 
+use crate::Gateway;
 use bytes::{Bytes, BytesMut};
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
 /// Largest response head accepted from a socket node.
@@ -168,7 +173,6 @@ pub async fn handshake(
 }
 
 async fn read_answer(up: &mut TcpStream) -> std::io::Result<Answer> {
-    use tokio::io::AsyncReadExt;
     let bad = |m: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, m.to_string());
     let mut buf = BytesMut::with_capacity(1024);
     loop {
@@ -212,6 +216,247 @@ async fn read_answer(up: &mut TcpStream) -> std::io::Result<Answer> {
                     headers,
                     rest: rest.freeze(),
                 });
+            }
+        }
+    }
+}
+
+/// Why the copy loop stopped.
+enum End {
+    /// The gateway is going away (stopped at a frame boundary).
+    GoingAway,
+    /// The client closed or failed.
+    ClientGone,
+    /// The client sent nothing for WS_IDLE_TIMEOUT_SECS.
+    ClientIdle,
+    /// The node's side closed or failed.
+    NodeGone,
+}
+
+/// Bytes read per read call, into a buffer on the stack of the poll that reads: a WebSocket
+/// holds no buffer between messages.
+const READ_BUF: usize = 4096;
+
+/// Copies bytes both ways until either side closes or the gateway goes away. Going away, the
+/// client gets a 1001 close frame at the next frame boundary; a client silent for the idle
+/// timeout gets 1001 "idle timeout"; if the node's connection ends without a close frame, the
+/// client gets 1011 instead of a bare reset.
+pub async fn splice<C: AsyncRead + AsyncWrite + Unpin>(
+    gw: &Gateway,
+    mut client: C,
+    mut up: TcpStream,
+    first: Bytes,
+    early: Bytes,
+) {
+    // Frame boundaries both ways: node→client to stop at a boundary and see the node's close,
+    // client→node to see the client's close.
+    let mut tracker = FrameTracker::default();
+    tracker.feed(&first);
+    let mut from_client = FrameTracker::default();
+    from_client.feed(&early);
+    let started = async {
+        if !first.is_empty() {
+            client.write_all(&first).await?;
+        }
+        client.flush().await?;
+        if !early.is_empty() {
+            up.write_all(&early).await?;
+        }
+        std::io::Result::Ok(())
+    };
+    if started.await.is_err() {
+        return;
+    }
+    let end = copy(gw, &mut client, &mut up, &mut tracker, &mut from_client).await;
+    let (code, reason, label) = match end {
+        End::GoingAway => (1001, "gateway shutting down", "closed_going_away"),
+        End::ClientIdle => (1001, "idle timeout", "closed_idle"),
+        // The node ended its connection after a close frame either way: that is how a closing
+        // handshake ends (a node may also drop a client whose close frame was malformed), so
+        // nothing is added. Without any close frame the node's connection broke: 1011.
+        End::NodeGone if tracker.close_seen() || from_client.close_seen() => (0, "", "closed"),
+        End::NodeGone => (1011, "node connection lost", "closed_node_lost"),
+        End::ClientGone => return,
+    };
+    if code != 0 && tracker.at_boundary() && !tracker.close_seen() {
+        let _ = client.write_all(&close_frame(code, reason)).await;
+        let _ = client.flush().await;
+    }
+    gw.metrics.upgrades.with_label_values(&[label]).inc();
+    let _ = up.shutdown().await;
+    if code == 0 || (tracker.close_seen() && from_client.close_seen()) {
+        // The closing handshake is over: the server's side (us, to the client) closes TCP first.
+        let _ = client.shutdown().await;
+    }
+    // Wait briefly for the client's close, so ours is not lost to a reset.
+    let mut sink = [0u8; 256];
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(n) = client.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// What one poll of both directions did.
+enum Step {
+    /// Something moved (or the gateway started going away): look again.
+    Again,
+    End(End),
+    /// Bytes read but not (wholly) written because the other side could not take them now:
+    /// write `rest` (and flush) before reading on; `stop` when it ends at the going-away cut.
+    Write {
+        to_client: bool,
+        rest: Bytes,
+        stop: bool,
+    },
+}
+
+/// Writes `data` without waiting: `None` when all of it went (and, towards the client, was
+/// flushed), else what is left, owned, to be written by awaiting.
+fn write_now<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    cx: &mut Context<'_>,
+    data: &[u8],
+    flush: bool,
+) -> std::io::Result<Option<Bytes>> {
+    let n = match Pin::new(&mut *w).poll_write(cx, data) {
+        Poll::Ready(r) => r?,
+        Poll::Pending => 0,
+    };
+    if n < data.len() {
+        return Ok(Some(Bytes::copy_from_slice(&data[n..])));
+    }
+    if flush {
+        if let Poll::Ready(r) = Pin::new(&mut *w).poll_flush(cx) {
+            r?;
+        } else {
+            // The bytes sit in the writer's buffer; an empty write then a flush finishes them.
+            return Ok(Some(Bytes::new()));
+        }
+    }
+    Ok(None)
+}
+
+/// The copy loop. Each poll reads what either side has into a stack buffer and writes it on at
+/// once, so a message costs one read and one write system call and no allocation; only when the
+/// other side cannot take the bytes now are they copied out and awaited. The idle deadline
+/// moves with a timestamp, not a timer reset per message.
+async fn copy<C: AsyncRead + AsyncWrite + Unpin>(
+    gw: &Gateway,
+    client: &mut C,
+    up: &mut TcpStream,
+    tracker: &mut FrameTracker,
+    from_client: &mut FrameTracker,
+) -> End {
+    let going_away = gw.going_away.clone().cancelled_owned();
+    tokio::pin!(going_away);
+    let idle = Duration::from_secs(gw.cfg.ws_idle_timeout_secs);
+    let mut last_heard = tokio::time::Instant::now();
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
+    // Set once `going_away` fires (asking the token each round would take its lock).
+    let mut leaving = false;
+    loop {
+        if leaving && tracker.at_boundary() {
+            return End::GoingAway;
+        }
+        let step = std::future::poll_fn(|cx| {
+            if !leaving && going_away.as_mut().poll(cx).is_ready() {
+                leaving = true;
+                return Poll::Ready(Step::Again);
+            }
+            while idle_timer.as_mut().poll(cx).is_ready() {
+                let due = last_heard + idle;
+                if tokio::time::Instant::now() >= due {
+                    return Poll::Ready(Step::End(End::ClientIdle));
+                }
+                idle_timer.as_mut().reset(due);
+            }
+            let mut moved = false;
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); READ_BUF];
+            let mut rb = ReadBuf::uninit(&mut buf);
+            match Pin::new(&mut *client).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    let data = rb.filled();
+                    last_heard = tokio::time::Instant::now();
+                    from_client.feed(data);
+                    match write_now(up, cx, data, false) {
+                        Ok(None) => moved = true,
+                        Ok(Some(rest)) => {
+                            return Poll::Ready(Step::Write {
+                                to_client: false,
+                                rest,
+                                stop: false,
+                            })
+                        }
+                        Err(_) => return Poll::Ready(Step::End(End::NodeGone)),
+                    }
+                }
+                Poll::Ready(_) => return Poll::Ready(Step::End(End::ClientGone)),
+                Poll::Pending => {}
+            }
+            let mut rb = ReadBuf::uninit(&mut buf);
+            match Pin::new(&mut *up).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    let mut data = rb.filled();
+                    let mut stop = false;
+                    if leaving {
+                        if let Some(end) = tracker.boundary_in(data) {
+                            data = &data[..end];
+                            stop = true;
+                        }
+                    } else {
+                        tracker.feed(data);
+                    }
+                    match write_now(client, cx, data, true) {
+                        Ok(None) if stop => return Poll::Ready(Step::End(End::GoingAway)),
+                        Ok(None) => moved = true,
+                        Ok(Some(rest)) => {
+                            return Poll::Ready(Step::Write {
+                                to_client: true,
+                                rest,
+                                stop,
+                            })
+                        }
+                        Err(_) => return Poll::Ready(Step::End(End::ClientGone)),
+                    }
+                }
+                Poll::Ready(_) => return Poll::Ready(Step::End(End::NodeGone)),
+                Poll::Pending => {}
+            }
+            if moved {
+                Poll::Ready(Step::Again)
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        match step {
+            Step::Again => {}
+            Step::End(end) => return end,
+            Step::Write {
+                to_client: false,
+                rest,
+                ..
+            } => {
+                if up.write_all(&rest).await.is_err() {
+                    return End::NodeGone;
+                }
+            }
+            Step::Write {
+                to_client: true,
+                rest,
+                stop,
+            } => {
+                if client.write_all(&rest).await.is_err() || client.flush().await.is_err() {
+                    return End::ClientGone;
+                }
+                if stop {
+                    return End::GoingAway;
+                }
             }
         }
     }

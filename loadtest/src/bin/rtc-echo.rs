@@ -29,35 +29,7 @@ enum Cmd {
         threads: usize,
     },
     /// Closed-loop clients: each keeps exactly one message in flight. Prints a JSON report.
-    Run {
-        /// `host:port` to connect to.
-        #[arg(long)]
-        target: String,
-        /// Request path of the upgrade.
-        #[arg(long, default_value = "/")]
-        path: String,
-        #[arg(long, default_value_t = 1000)]
-        connections: usize,
-        /// Seconds measured, after the warm-up.
-        #[arg(long, default_value_t = 15)]
-        secs: u64,
-        /// Seconds of echoes before the measurement starts (not counted).
-        #[arg(long, default_value_t = 2)]
-        warmup: u64,
-        /// Payload bytes per message.
-        #[arg(long, default_value_t = 32)]
-        size: usize,
-        /// Runtime worker threads.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Upgrades in flight at once while connecting.
-        #[arg(long, default_value_t = 200)]
-        concurrency: usize,
-        /// Hold the connections without sending (for memory per idle connection); prints
-        /// "clients connected" on stderr once all are open.
-        #[arg(long)]
-        idle: bool,
-    },
+    Run(RunPlan),
     /// Upgrade, one echo, close — `count` times, `concurrency` at once. Prints a JSON report.
     Upgrades {
         #[arg(long)]
@@ -76,9 +48,9 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let threads = match &args.cmd {
-        Cmd::Serve { threads, .. } | Cmd::Run { threads, .. } | Cmd::Upgrades { threads, .. } => {
-            (*threads).max(1)
-        }
+        Cmd::Serve { threads, .. }
+        | Cmd::Run(RunPlan { threads, .. })
+        | Cmd::Upgrades { threads, .. } => (*threads).max(1),
     };
     // One thread: a current-thread runtime, which runs woken tasks in order (the multi-thread
     // one's LIFO slot lets a closed-loop connection run again and again ahead of the others).
@@ -95,28 +67,8 @@ fn main() -> anyhow::Result<()> {
     rt.block_on(async move {
         match args.cmd {
             Cmd::Serve { listen, .. } => serve(&listen).await,
-            Cmd::Run {
-                target,
-                path,
-                connections,
-                secs,
-                warmup,
-                size,
-                concurrency,
-                idle,
-                ..
-            } => {
-                let report = run(RunPlan {
-                    target,
-                    path,
-                    connections,
-                    secs,
-                    warmup,
-                    size,
-                    concurrency,
-                    idle,
-                })
-                .await?;
+            Cmd::Run(plan) => {
+                let report = run(plan).await?;
                 println!("{}", serde_json::to_string(&report)?);
                 Ok(())
             }
@@ -170,14 +122,34 @@ async fn serve(listen: &str) -> anyhow::Result<()> {
     }
 }
 
+#[derive(clap::Args)]
 struct RunPlan {
+    /// `host:port` to connect to.
+    #[arg(long)]
     target: String,
+    /// Request path of the upgrade.
+    #[arg(long, default_value = "/")]
     path: String,
+    #[arg(long, default_value_t = 1000)]
     connections: usize,
+    /// Seconds measured, after the warm-up.
+    #[arg(long, default_value_t = 15)]
     secs: u64,
+    /// Seconds of echoes before the measurement starts (not counted).
+    #[arg(long, default_value_t = 2)]
     warmup: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 32)]
     size: usize,
+    /// Runtime worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Upgrades in flight at once while connecting.
+    #[arg(long, default_value_t = 200)]
     concurrency: usize,
+    /// Hold the connections without sending (for memory per idle connection); prints
+    /// "clients connected" on stderr once all are open.
+    #[arg(long)]
     idle: bool,
 }
 
