@@ -292,7 +292,13 @@ async fn kafka_outage_gives_senders_retryable_errors_then_recovers() {
     stack.kafka.outage(true);
     alice.send("lost?", &bob_id, json!(2)).await.unwrap();
     let f = alice.until(T, |f| f["id"] == "lost?").await.unwrap();
-    assert_eq!(f["type"], "error", "{f}");
+    assert_eq!(
+        f["type"],
+        "error",
+        "{f} (Kafka {}, frozen now: {:?})",
+        stack.kafka.kind,
+        stack.kafka.frozen()
+    );
     assert_eq!(f["code"], "kafka_unavailable");
     assert_eq!(f["retryable"], true);
 

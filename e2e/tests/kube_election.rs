@@ -195,8 +195,8 @@ async fn one_leader_at_a_time_and_rings_of_a_deposed_leader_are_fenced() {
     let kill_failover = (led - killed).as_secs_f64();
     println!("kill -9: a led {kill_failover:.1} s after b was killed");
     assert!(
-        kill_failover <= 15.0 + 2.4 + 2.0,
-        "within lease + jittered retry (+ poll slack): {kill_failover:.1} s"
+        kill_failover <= 15.0 + 2.4 + 5.0,
+        "within lease + jittered retry (+ slack for a loaded machine): {kill_failover:.1} s"
     );
 
     // SIGTERM of the leader (a): it releases the Lease; a new b leads within about a retry.

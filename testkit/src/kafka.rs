@@ -211,6 +211,12 @@ impl Kafka {
         }
     }
 
+    /// Whether the real broker is frozen by `outage` (its process stopped); `None` for the mock
+    /// or when it does not run.
+    pub fn frozen(&self) -> Option<bool> {
+        crate::proc::state(self.broker_pid()?).map(|s| s == 'T')
+    }
+
     /// Makes every broker unreachable (`true`) or brings them back; done when it returns.
     pub fn outage(&self, down: bool) {
         match &self.inner {
@@ -223,8 +229,20 @@ impl Kafka {
             Inner::Broker { .. } => {
                 // Frozen, not stopped: connections stay open and requests time out, as with a
                 // broker that hangs; SIGCONT brings it back with everything it had.
-                if let Some(pid) = self.broker_pid() {
-                    crate::proc::signal(pid, if down { libc::SIGSTOP } else { libc::SIGCONT });
+                let pid = self
+                    .broker_pid()
+                    .expect("the real broker has a pid file while it runs");
+                crate::proc::signal(pid, if down { libc::SIGSTOP } else { libc::SIGCONT });
+                // Done only when the kernel says so: every thread stopped, or running again.
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while self.frozen() != Some(down) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "broker pid {pid} did not {} (state {:?})",
+                        if down { "stop" } else { "continue" },
+                        crate::proc::state(pid)
+                    );
+                    std::thread::sleep(Duration::from_millis(5));
                 }
             }
         }

@@ -26,10 +26,20 @@ impl Drop for Owned {
 
 /// Sends `sig` to the process `pid` (one this program started and knows by its pid file).
 pub fn signal(pid: i32, sig: i32) {
-    let _ = std::process::Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
+    use nix::sys::signal::{kill, Signal};
+    let sent = Signal::try_from(sig).and_then(|s| kill(nix::unistd::Pid::from_raw(pid), s));
+    // Gone already (ESRCH) is what a stop wants; anything else is worth seeing.
+    match sent {
+        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+        Err(e) => eprintln!("testkit: kill({pid}, {sig}) failed: {e}"),
+    }
+}
+
+/// The state letter of process `pid` from `/proc/PID/stat` (`T` when stopped), if it exists.
+pub fn state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "PID (COMM) S ...": COMM may hold spaces and parentheses, so read after the last ')'.
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
 }
 
 /// Runs `script ARGS` to completion; its stdout, or an error with everything it printed.
