@@ -30,21 +30,39 @@ use tokio::net::{TcpSocket, TcpStream};
 /// Connections waiting to be accepted, per socket.
 const BACKLOG: u32 = 4096;
 
+/// A socket for `at` with SO_REUSEADDR (a restart is not refused for its old connections in
+/// TIME_WAIT), and with SO_REUSEPORT when `share`.
+fn socket_for(at: SocketAddr, share: bool) -> std::io::Result<TcpSocket> {
+    let socket = if at.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if share {
+        socket.set_reuseport(true)?;
+    }
+    Ok(socket)
+}
+
 /// Binds `n` sockets to `addr` with SO_REUSEPORT (all to the port the first got, when `addr`
 /// asks for port 0). They listen once their accept loops start.
+///
+/// SO_REUSEPORT would also let another process of the same user (a second gateway started by
+/// mistake) bind the same address and silently take part of the connections, so a named port is
+/// first bound once without it: that fails while anyone else listens there.
 pub fn bind(addr: &str, n: usize) -> anyhow::Result<Vec<TcpSocket>> {
     let mut at: SocketAddr = addr
         .parse()
         .map_err(|e| anyhow::anyhow!("LISTEN_ADDR {addr:?} is not an IP:port: {e}"))?;
+    if at.port() != 0 {
+        socket_for(at, false)?.bind(at).map_err(|e| {
+            anyhow::anyhow!("LISTEN_ADDR {at}: {e} (is another gateway listening there?)")
+        })?;
+    }
     let mut sockets = Vec::with_capacity(n);
     for _ in 0..n.max(1) {
-        let socket = if at.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        socket.set_reuseport(true)?;
+        let socket = socket_for(at, true)?;
         socket
             .bind(at)
             .map_err(|e| anyhow::anyhow!("LISTEN_ADDR {at}: {e}"))?;
@@ -276,6 +294,24 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A connected pair: (our ClientConn, the peer's socket).
+    #[tokio::test]
+    async fn a_port_another_process_listens_on_is_refused_even_with_reuseport() {
+        // Someone else (another gateway, or any server) listens there already.
+        let first = bind("127.0.0.1:0", 2).unwrap();
+        let at = first[0].local_addr().unwrap();
+        let _listening: Vec<_> = first.into_iter().map(|s| s.listen(16).unwrap()).collect();
+        let err = bind(&at.to_string(), 2).unwrap_err().to_string();
+        assert!(err.contains("is another gateway listening there?"), "{err}");
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = plain.local_addr().unwrap();
+        assert!(bind(&at.to_string(), 1).is_err());
+        // A free named port binds, every socket on it.
+        drop(plain);
+        let sockets = bind(&at.to_string(), 3).unwrap();
+        assert_eq!(sockets.len(), 3);
+        assert!(sockets.iter().all(|s| s.local_addr().unwrap() == at));
+    }
+
     async fn pair() -> (ClientConn, TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
