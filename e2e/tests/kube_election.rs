@@ -212,8 +212,8 @@ async fn one_leader_at_a_time_and_rings_of_a_deposed_leader_are_fenced() {
     let term_failover = (led - termed).as_secs_f64();
     println!("SIGTERM: b led {term_failover:.1} s after a was told to stop");
     assert!(
-        term_failover <= 5.0,
-        "a released the Lease: {term_failover:.1} s"
+        term_failover < 15.0,
+        "a released the Lease, so b did not wait out its 15 s: {term_failover:.1} s"
     );
     let lease = leases.get("load-balancer-leader").await.unwrap();
     let spec = lease.spec.unwrap();
