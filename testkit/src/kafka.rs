@@ -201,14 +201,22 @@ impl Kafka {
 
     /// The broker's pid (the real broker only).
     fn broker_pid(&self) -> Option<i32> {
-        match &self.inner {
-            Inner::Broker { dir } => std::fs::read_to_string(dir.join("kafka.pid"))
-                .ok()?
-                .trim()
-                .parse()
-                .ok(),
-            Inner::Mock { .. } => None,
-        }
+        let Inner::Broker { dir } = &self.inner else {
+            return None;
+        };
+        let pid: i32 = std::fs::read_to_string(dir.join("kafka.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        // Only while that pid is still this broker: after a broker died its number can be
+        // reused, by another test's broker too, which a signal must not reach.
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let conf = dir.join("server.properties");
+        let ours = cmdline
+            .split(|&b| b == 0)
+            .any(|arg| arg == conf.as_os_str().as_encoded_bytes());
+        ours.then_some(pid)
     }
 
     /// Whether the real broker is frozen by `outage` (its process stopped); `None` for the mock

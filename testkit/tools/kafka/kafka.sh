@@ -252,9 +252,12 @@ cmd_install() {
 }
 
 pid_of() { [ -f "$1/kafka.pid" ] && cat "$1/kafka.pid"; }
-# Whether pid $1 is a broker (not some other process that got a stale pid's number).
-is_broker() { [ -n "$1" ] && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -q ' kafka\.Kafka '; }
-alive() { local pid; pid="$(pid_of "$1")" && is_broker "$pid"; }
+# Whether pid $1 is the broker of DIR $2 (not some other process, another DIR's broker included,
+# that got a stale pid's number).
+is_broker() {
+  [ -n "$1" ] && tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | grep -qxF "$2/server.properties"
+}
+alive() { local pid; pid="$(pid_of "$1")" && is_broker "$pid" "$1"; }
 
 cmd_start() {
   [ $# -eq 2 ] || die "usage: kafka.sh start DIR PORT"
@@ -313,8 +316,10 @@ cmd_stop() {
   [ $# -eq 1 ] || die "usage: kafka.sh stop DIR"
   local dir="$1" pid timeout deadline t0
   t0="$(now_ms)"
+  # The path the broker was started with (cmd_start makes it absolute).
+  dir="$(cd "$dir" 2>/dev/null && pwd || echo "$dir")"
   pid="$(pid_of "$dir" || true)"
-  if ! is_broker "$pid"; then
+  if ! is_broker "$pid" "$dir"; then
     rm -f "$dir/kafka.pid"
     echo "kafka.sh: no broker running from $dir" >&2
     return 0
@@ -337,7 +342,9 @@ cmd_stop() {
 
 cmd_status() {
   [ $# -eq 1 ] || die "usage: kafka.sh status DIR"
-  if alive "$1"; then echo "running (pid $(pid_of "$1"))"; else echo "stopped"; return 1; fi
+  local dir
+  dir="$(cd "$1" 2>/dev/null && pwd || echo "$1")"
+  if alive "$dir"; then echo "running (pid $(pid_of "$dir"))"; else echo "stopped"; return 1; fi
 }
 
 cmd_wait_partitions() {
