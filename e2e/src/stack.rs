@@ -195,6 +195,7 @@ impl Stack {
             ws: Arc::new(move |n| addrs.lock().unwrap().get(n).cloned()),
             bind: None,
             bearer: None,
+            tls: None,
         }
     }
 

@@ -182,6 +182,46 @@ async fn wss_through_the_gateway_with_a_certificate_renewed_in_place() {
         .unwrap();
     assert_eq!(next_text(&mut ws).await["id"], "p1");
 
+    // The Rust SDK over TLS: resolve over https and its WebSocket over wss, trusting the test
+    // CA; a direct message between two such clients.
+    let tls = rtc_client::Tls::with_ca_pem(&std::fs::read(&ca.0).unwrap()).unwrap();
+    let ep = rtc_client::Endpoints::gateway_tls(&tls_addr, tls);
+    let t = Duration::from_secs(20);
+    let mut dave = rtc_client::Connection::connect(&ep, "tls-dave", None, t)
+        .await
+        .unwrap();
+    let mut erin = rtc_client::Connection::connect(&ep, "tls-erin", None, t)
+        .await
+        .unwrap();
+    assert!(matches!(
+        dave.ws.get_ref(),
+        tokio_tungstenite::MaybeTlsStream::Rustls(_)
+    ));
+    dave.send("s1", "tls-erin", "over tls").await.unwrap();
+    let ack = dave.until(t, |f| f["id"] == "s1").await.unwrap();
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let msg = erin.until(t, |f| f["type"] == "msg").await.unwrap();
+    assert_eq!(
+        (msg["from"].as_str(), msg["data"].as_str()),
+        (Some("tls-dave"), Some("over tls"))
+    );
+    // A client that trusts another CA stops at the handshake with a TLS error, not retried.
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let other_ca = make_ca(&elsewhere);
+    let distrust = rtc_client::Tls::with_ca_pem(&std::fs::read(&other_ca.0).unwrap()).unwrap();
+    let err = rtc_client::Connection::connect(
+        &rtc_client::Endpoints::gateway_tls(&tls_addr, distrust),
+        "tls-frank",
+        None,
+        t,
+    )
+    .await
+    .err()
+    .expect("an untrusted certificate is refused");
+    assert!(matches!(err, rtc_client::Error::Tls(_)), "{err}");
+    assert!(!err.retryable());
+
     // Renewal: the files are replaced (as a Secret update does, by rename).
     let tmp = dir.join("tmp");
     std::fs::copy(&b_key, &tmp).unwrap();

@@ -54,6 +54,11 @@ struct Args {
     /// (resolve still goes through --target): for more connections than one gateway can hold.
     #[arg(long, env = "NODE_ROUTES")]
     node_routes: Option<String>,
+    /// Resolve over https:// and open WebSockets over wss:// on --target (the gateway's
+    /// TLS_LISTEN_ADDR), trusting the CA certificates in this PEM file. Not with --node-routes
+    /// (nodes speak plain ws://).
+    #[arg(long, env = "TLS_CA", conflicts_with = "node_routes")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Prefix of the clientIds.
     #[arg(long, env = "CLIENT_PREFIX", default_value = "load")]
     prefix: String,
@@ -95,6 +100,15 @@ impl Args {
                 .transpose()?
                 .unwrap_or_default(),
             node_routes: self.node_routes.clone(),
+            tls: self
+                .tls_ca
+                .as_ref()
+                .map(|ca| -> anyhow::Result<rtc_client::Tls> {
+                    let pem = std::fs::read(ca)
+                        .map_err(|e| anyhow::anyhow!("--tls-ca {}: {e}", ca.display()))?;
+                    Ok(rtc_client::Tls::with_ca_pem(&pem)?)
+                })
+                .transpose()?,
             prefix: self.prefix.clone(),
         })
     }

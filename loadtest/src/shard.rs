@@ -27,6 +27,8 @@ pub struct RunSpec {
     pub handshakes: usize,
     pub sources: Vec<IpAddr>,
     pub node_routes: Option<String>,
+    /// Resolve and WebSockets over TLS to `target`.
+    pub tls: Option<rtc_client::Tls>,
     pub prefix: String,
 }
 
@@ -143,6 +145,7 @@ pub async fn run_shard(args: &RunSpec, i: usize, workers: usize) -> anyhow::Resu
     );
     let n = hi - lo;
     let mut ep = Endpoints::gateway(&args.target);
+    ep.tls = args.tls.clone();
     let mut direct_targets = 1;
     if let Some(admin) = &args.node_routes {
         let routes: HashMap<String, serde_json::Value> =

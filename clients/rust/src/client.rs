@@ -49,6 +49,15 @@ impl Options {
         self.endpoints.bearer = Some(jwt.to_string());
         self
     }
+
+    /// Resolves over `https://` and connects over `wss://` (the gateway's TLS_LISTEN_ADDR),
+    /// trusting what `tls` trusts: `Tls::system_roots()` for a public certificate,
+    /// `Tls::with_ca_pem` for a private CA. A certificate it does not trust is
+    /// `Error::Tls`, which is not retried.
+    pub fn tls(mut self, tls: crate::http::Tls) -> Self {
+        self.endpoints.tls = Some(tls);
+        self
+    }
 }
 
 /// A client that stays connected; see the module docs for what it does on its own.

@@ -5,7 +5,7 @@
 use crate::backoff::Backoff;
 use crate::error::{Error, HttpReply};
 use crate::event::Event;
-use crate::http::{query_escape, resolve, tcp_connect, Endpoints};
+use crate::http::{open, query_escape, resolve, Endpoints};
 use futures_util::{SinkExt, StreamExt};
 use rtc_protocol::{close, ClientFrame, ServerFrame};
 use serde_json::Value;
@@ -60,7 +60,8 @@ impl Connection {
         let addr = (ep.ws)(&res.node_id)
             .ok_or_else(|| Error::Invalid(format!("no address for node {}", res.node_id)))?;
         let mut url = format!(
-            "ws://{addr}{}?clientId={}&token={}",
+            "{}://{addr}{}?clientId={}&token={}",
+            if ep.tls.is_some() { "wss" } else { "ws" },
             res.url,
             query_escape(client_id),
             query_escape(&res.token)
@@ -71,7 +72,7 @@ impl Connection {
         let req = url.into_client_request()?;
         let cfg = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
             .read_buffer_size(READ_BUFFER_BYTES);
-        let stream = MaybeTlsStream::Plain(tcp_connect(&addr, ep.bind).await?);
+        let stream = open(&addr, ep.bind, ep.tls.as_ref()).await?;
         let ws = match tokio_tungstenite::client_async_with_config(req, stream, Some(cfg)).await {
             Ok((ws, _)) => ws,
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {

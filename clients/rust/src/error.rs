@@ -36,7 +36,7 @@ pub enum Error {
         /// The reason the server gave.
         reason: String,
     },
-    /// A connection-level failure (DNS, TCP, TLS-less HTTP).
+    /// A connection-level failure (DNS, TCP, a connection reset during the TLS handshake).
     #[error("connection failed: {0}")]
     Io(#[from] std::io::Error),
     /// The HTTP exchange of resolve failed.
@@ -54,6 +54,10 @@ pub enum Error {
     /// The arguments cannot work (an invalid clientId, an unknown node address).
     #[error("invalid argument: {0}")]
     Invalid(String),
+    /// The TLS handshake failed on the certificates (not trusted, wrong name, expired): retrying
+    /// will not help until the server's certificate or the client's trust changes.
+    #[error("TLS failed: {0}")]
+    Tls(String),
 }
 
 impl Error {
@@ -70,7 +74,7 @@ impl Error {
             },
             Error::Closed { code, .. } => close_is_retryable(*code),
             Error::Io(_) | Error::Http(_) | Error::WebSocket(_) | Error::Timeout(_) => true,
-            Error::Protocol(_) | Error::Invalid(_) => false,
+            Error::Protocol(_) | Error::Invalid(_) | Error::Tls(_) => false,
         }
     }
 }

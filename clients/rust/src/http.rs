@@ -1,5 +1,6 @@
-//! Plain HTTP/1.1 for resolve and small admin calls, and TCP connections from a chosen source
-//! address (so one machine can spread many clients over 127.0.0.x sources).
+//! HTTP/1.1 for resolve and small admin calls (over TLS when the endpoints say so), and TCP
+//! connections from a chosen source address (so one machine can spread many clients over
+//! 127.0.0.x sources).
 
 use crate::error::{Error, HttpReply};
 use http_body_util::{BodyExt, Full};
@@ -7,6 +8,7 @@ use rtc_protocol::Resolved;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
+use tokio_tungstenite::MaybeTlsStream;
 
 /// Maps a nodeId to the `host:port` its WebSocket path is opened on.
 pub type NodeAddr = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
@@ -24,6 +26,99 @@ pub struct Endpoints {
     /// A JWT sent with resolve as `Authorization: Bearer …`, for deployments that require one
     /// (its `sub` must be the clientId).
     pub bearer: Option<String>,
+    /// TLS for resolve (`https://`) and the WebSocket (`wss://`); None for plain HTTP and `ws://`.
+    pub tls: Option<Tls>,
+}
+
+/// Which certificate authorities a client trusts for `https://` and `wss://`.
+#[derive(Clone)]
+pub struct Tls(Arc<rustls::ClientConfig>);
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tls(..)")
+    }
+}
+
+impl Tls {
+    /// Trusting the system's certificate authorities (as `/etc/ssl/certs` holds them).
+    pub fn system_roots() -> Result<Tls, Error> {
+        let found = rustls_native_certs::load_native_certs();
+        let mut roots = rustls::RootCertStore::empty();
+        let (added, _) = roots.add_parsable_certificates(found.certs);
+        if added == 0 {
+            return Err(Error::Tls(format!(
+                "no usable system CA certificate ({:?})",
+                found.errors
+            )));
+        }
+        Tls::with_roots(roots)
+    }
+
+    /// Trusting only the certificate authorities in `pem` (one or more PEM certificates), as a
+    /// private CA or a test needs.
+    pub fn with_ca_pem(pem: &[u8]) -> Result<Tls, Error> {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| Error::Tls(format!("reading the CA PEM: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| Error::Tls(format!("a CA certificate is not usable: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(Error::Tls("no certificate in the CA PEM".into()));
+        }
+        Tls::with_roots(roots)
+    }
+
+    /// The application's own rustls configuration (client certificates, pinning, …).
+    pub fn from_config(config: Arc<rustls::ClientConfig>) -> Tls {
+        Tls(config)
+    }
+
+    fn with_roots(roots: rustls::RootCertStore) -> Result<Tls, Error> {
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Tls(Arc::new(config)))
+    }
+}
+
+/// The host of `host:port` (`[v6]:port` included), as TLS checks the certificate against it.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// A connection to `addr` (from `bind` when given), through TLS when `tls` is given.
+pub async fn open(
+    addr: &str,
+    bind: Option<IpAddr>,
+    tls: Option<&Tls>,
+) -> Result<MaybeTlsStream<TcpStream>, Error> {
+    let tcp = tcp_connect(addr, bind).await?;
+    let Some(tls) = tls else {
+        return Ok(MaybeTlsStream::Plain(tcp));
+    };
+    let host = host_of(addr);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| Error::Invalid(format!("{host} is not a TLS server name: {e}")))?;
+    match tokio_rustls::TlsConnector::from(tls.0.clone())
+        .connect(name, tcp)
+        .await
+    {
+        Ok(s) => Ok(MaybeTlsStream::Rustls(s)),
+        // rustls's own verdicts (untrusted, wrong name, expired) are not worth a retry.
+        Err(e) if e.get_ref().is_some_and(|i| i.is::<rustls::Error>()) => {
+            Err(Error::Tls(format!("{addr}: {e}")))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl Endpoints {
@@ -35,6 +130,15 @@ impl Endpoints {
             ws: Arc::new(move |_| Some(a.clone())),
             bind: None,
             bearer: None,
+            tls: None,
+        }
+    }
+
+    /// Everything through one gateway address over TLS (`https://` and `wss://`).
+    pub fn gateway_tls(addr: &str, tls: Tls) -> Self {
+        Endpoints {
+            tls: Some(tls),
+            ..Endpoints::gateway(addr)
         }
     }
 }
@@ -79,9 +183,21 @@ pub async fn request_with(
     bind: Option<IpAddr>,
     bearer: Option<&str>,
 ) -> Result<HttpReply, Error> {
+    request_auth(method, addr, None, path_and_query, bind, bearer).await
+}
+
+/// [`request_with`] over TLS when `tls` is given.
+async fn request_auth(
+    method: http::Method,
+    addr: &str,
+    tls: Option<&Tls>,
+    path_and_query: &str,
+    bind: Option<IpAddr>,
+    bearer: Option<&str>,
+) -> Result<HttpReply, Error> {
     let auth = bearer.map(|t| format!("Bearer {t}"));
     let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
-    send(method, addr, path_and_query, bind, &headers, None).await
+    send_over(method, addr, tls, path_and_query, bind, &headers, None).await
 }
 
 /// One request over a fresh HTTP/1.1 connection, with extra `headers` and a JSON `body`.
@@ -93,8 +209,21 @@ pub async fn send(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Result<HttpReply, Error> {
+    send_over(method, addr, None, path_and_query, bind, headers, body).await
+}
+
+/// [`send`] over TLS (`https://`) when `tls` is given.
+pub async fn send_over(
+    method: http::Method,
+    addr: &str,
+    tls: Option<&Tls>,
+    path_and_query: &str,
+    bind: Option<IpAddr>,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<HttpReply, Error> {
     let http_err = |e: &dyn std::fmt::Display| Error::Http(format!("{addr}{path_and_query}: {e}"));
-    let stream = tcp_connect(addr, bind).await?;
+    let stream = open(addr, bind, tls).await?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
             .await
@@ -174,9 +303,10 @@ pub(crate) fn query_escape(s: &str) -> String {
 /// refusal comes back as [`Error::Refused`].
 pub async fn resolve(ep: &Endpoints, client_id: &str) -> Result<Resolved, Error> {
     let path = format!("/api/v1/resolve?clientId={}", query_escape(client_id));
-    let r = request_with(
+    let r = request_auth(
         http::Method::GET,
         &ep.resolve,
+        ep.tls.as_ref(),
         &path,
         ep.bind,
         ep.bearer.as_deref(),

@@ -38,5 +38,5 @@ pub use client::{Client, Options};
 pub use connection::Connection;
 pub use error::{Error, HttpReply};
 pub use event::{Event, Message};
-pub use http::Endpoints;
+pub use http::{Endpoints, Tls};
 pub use rtc_protocol as protocol;
