@@ -7,7 +7,8 @@
 #     and Maven come with our machines; installed with apt when missing);
 #   - the deployment checkers (kubernetes-validate, checkov, hadolint, promtool; cached) and
 #     podman (apt) with a debootstrapped base image (cached);
-#   - Node.js (the JavaScript client's tests, `node --test`, run from e2e/tests/js_sdk.rs);
+#   - Node.js (the JavaScript client's tests, `node --test`, run from e2e/tests/js_sdk.rs) and
+#     TypeScript from npm (its declarations checked with tsc; cached);
 # then every test on librdkafka's embedded mock cluster, the Kafka integration tests again on
 # the real broker, the checks of the manifests and the system run from its container image.
 set -euo pipefail
@@ -25,6 +26,7 @@ command -v openssl >/dev/null || need+=(openssl)
 # The JavaScript client's tests need Node.js >= 20 (global fetch, WebSocket behind a flag); our
 # machines come with it, Debian's package is older.
 command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 command -v java >/dev/null || need+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null || need+=(maven)
 if [ ${#need[@]} -gt 0 ]; then
@@ -42,6 +44,13 @@ testkit/tools/kube/kube.sh install >/dev/null
 testkit/tools/autobahn/install.sh >/dev/null
 
 cargo fmt --all -- --check
+# The JavaScript client's TypeScript declarations, as a TypeScript application uses them
+# (clients/js/test/types.ts, strict); TypeScript from npm, cached outside the clone.
+TS_CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/rtc/typescript-5.9.3"
+[ -x "$TS_CACHE/node_modules/.bin/tsc" ] \
+  || npm install --prefix "$TS_CACHE" --silent --no-audit --no-fund typescript@5.9.3 >/dev/null
+"$TS_CACHE/node_modules/.bin/tsc" --noEmit --strict --target es2022 --module nodenext \
+  --moduleResolution nodenext --lib es2022,dom --typeRoots /nonexistent clients/js/test/types.ts
 # The end-to-end tests start the real binaries (rtc-loadtest) from target/debug.
 cargo build --workspace --bins --quiet
 echo "== all tests, Kafka = embedded mock cluster"

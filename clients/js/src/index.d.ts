@@ -97,9 +97,27 @@ export type PublishMessage =
   | { to: string; id: string; data: unknown; from?: string }
   | { room: string; id: string; data: unknown; from?: string };
 
+export interface PublishResult {
+  id: string;
+  /** Where Kafka stored it (absent when refused). */
+  offset?: number;
+  /** The error code when this message was refused (docs/protocol.md). */
+  error?: string;
+  message?: string;
+  retryable?: boolean;
+}
+
+/** One message: resolves once Kafka has it, with its offset; rejects with an RtcError. */
 export function publishApi(
   url: string,
   apiKey: string,
-  message: PublishMessage | { messages: PublishMessage[] },
+  message: PublishMessage,
   fetchImpl?: typeof fetch,
-): Promise<{ id: string; offset: number } | { results: Array<{ id: string; offset?: number; error?: string; message?: string; retryable?: boolean }> }>;
+): Promise<{ id: string; offset: number }>;
+/** A batch of up to 1000, checked whole before anything is stored: a result per message. */
+export function publishApi(
+  url: string,
+  apiKey: string,
+  batch: { messages: PublishMessage[] },
+  fetchImpl?: typeof fetch,
+): Promise<{ results: PublishResult[] }>;
