@@ -105,12 +105,20 @@ async fn slow_consumer_is_closed_and_loses_nothing() {
     let bob = Connection::connect(&ep, "bob", None, T).await.unwrap();
     let resume = bob.offset;
     let node = stack.nodes[0].node.clone();
-    // bob reads nothing; alice sends until the node gives up on him (bounded).
+    // bob reads nothing; alice sends until the node gives up on him: at most 20,000 messages
+    // (40 MB, far more than the socket buffers hold), then waits for Kafka to deliver them.
     let pad = "x".repeat(2000);
     let mut sent = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
     while node.metrics.closed.with_label_values(&["4001"]).get() == 0 {
-        assert!(sent < 20_000, "bob was never closed as a slow consumer");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob was never closed as a slow consumer ({sent} sent)"
+        );
         for _ in 0..200 {
+            if sent == 20_000 {
+                break;
+            }
             sent += 1;
             alice
                 .send(&sent.to_string(), "bob", json!({"pad": pad}))
