@@ -27,6 +27,7 @@ async fn resolve(addr: &str, client: &str, token: Option<&str>) -> (u16, String)
     let r = rtc_client::http::request_with(
         http::Method::GET,
         addr,
+        None,
         &format!("/api/v1/resolve?clientId={client}"),
         None,
         token,

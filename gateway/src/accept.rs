@@ -293,7 +293,6 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A connected pair: (our ClientConn, the peer's socket).
     #[tokio::test]
     async fn a_port_another_process_listens_on_is_refused_even_with_reuseport() {
         // Someone else (another gateway, or any server) listens there already.
@@ -312,6 +311,7 @@ mod tests {
         assert!(sockets.iter().all(|s| s.local_addr().unwrap() == at));
     }
 
+    /// A connected pair: (our ClientConn, the peer's socket).
     async fn pair() -> (ClientConn, TcpStream) {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let peer = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();

@@ -172,22 +172,12 @@ pub async fn request(
     path_and_query: &str,
     bind: Option<IpAddr>,
 ) -> Result<HttpReply, Error> {
-    request_with(method, addr, path_and_query, bind, None).await
+    request_with(method, addr, None, path_and_query, bind, None).await
 }
 
-/// [`request`] with an `Authorization: Bearer` header when `bearer` is given.
+/// [`request`] with an `Authorization: Bearer` header when `bearer` is given, over TLS
+/// (`https://`) when `tls` is given.
 pub async fn request_with(
-    method: http::Method,
-    addr: &str,
-    path_and_query: &str,
-    bind: Option<IpAddr>,
-    bearer: Option<&str>,
-) -> Result<HttpReply, Error> {
-    request_auth(method, addr, None, path_and_query, bind, bearer).await
-}
-
-/// [`request_with`] over TLS when `tls` is given.
-async fn request_auth(
     method: http::Method,
     addr: &str,
     tls: Option<&Tls>,
@@ -303,7 +293,7 @@ pub(crate) fn query_escape(s: &str) -> String {
 /// refusal comes back as [`Error::Refused`].
 pub async fn resolve(ep: &Endpoints, client_id: &str) -> Result<Resolved, Error> {
     let path = format!("/api/v1/resolve?clientId={}", query_escape(client_id));
-    let r = request_auth(
+    let r = request_with(
         http::Method::GET,
         &ep.resolve,
         ep.tls.as_ref(),

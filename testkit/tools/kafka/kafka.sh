@@ -252,6 +252,8 @@ cmd_install() {
 }
 
 pid_of() { [ -f "$1/kafka.pid" ] && cat "$1/kafka.pid"; }
+# DIR as an absolute path, the form the broker's command line names it in (as it is when missing).
+abs_dir() { (cd "$1" 2>/dev/null && pwd) || echo "$1"; }
 # Whether pid $1 is the broker of DIR $2 (not some other process, another DIR's broker included,
 # that got a stale pid's number).
 is_broker() {
@@ -265,7 +267,7 @@ cmd_start() {
   t0="$(now_ms)"
   [[ "$port" =~ ^[0-9]+$ ]] || die "PORT must be a number: $port"
   mkdir -p "$dir"
-  dir="$(cd "$dir" && pwd)"
+  dir="$(abs_dir "$dir")"
   alive "$dir" && die "a broker already runs from $dir (pid $(pid_of "$dir"))"
   port_busy "$port" && die "127.0.0.1:$port is already in use"
   cmd_install >/dev/null
@@ -316,8 +318,7 @@ cmd_stop() {
   [ $# -eq 1 ] || die "usage: kafka.sh stop DIR"
   local dir="$1" pid timeout deadline t0
   t0="$(now_ms)"
-  # The path the broker was started with (cmd_start makes it absolute).
-  dir="$(cd "$dir" 2>/dev/null && pwd || echo "$dir")"
+  dir="$(abs_dir "$dir")"
   pid="$(pid_of "$dir" || true)"
   if ! is_broker "$pid" "$dir"; then
     rm -f "$dir/kafka.pid"
@@ -343,7 +344,7 @@ cmd_stop() {
 cmd_status() {
   [ $# -eq 1 ] || die "usage: kafka.sh status DIR"
   local dir
-  dir="$(cd "$1" 2>/dev/null && pwd || echo "$1")"
+  dir="$(abs_dir "$1")"
   if alive "$dir"; then echo "running (pid $(pid_of "$dir"))"; else echo "stopped"; return 1; fi
 }
 
