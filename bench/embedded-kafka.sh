@@ -4,11 +4,12 @@
 # (1.5 million by default), in the same kind of minute. One line per figure; exits non-zero when a
 # phase is invalid (lost messages, clients that could not connect, or less than 90 % of the load
 # offered).
-#   LOCAL_KAFKA=mock bench/embedded-kafka.sh       (librdkafka's embedded mock cluster)
+#   bench/embedded-kafka.sh                        (the embedded broker, rtc-embedded-kafka)
+#   LOCAL_KAFKA=mock bench/embedded-kafka.sh       (librdkafka's mock cluster)
 #   LOCAL_KAFKA=broker bench/embedded-kafka.sh     (Apache Kafka started by the launcher)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODE=${LOCAL_KAFKA:-mock}
+MODE=${LOCAL_KAFKA:-embedded}
 CONNS=${CONNS:-200}
 INTERVAL=${INTERVAL:-100}
 WINDOW=${WINDOW:-60}
@@ -24,7 +25,8 @@ LOCAL=$!
 trap 'kill -INT $LOCAL 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 for _ in $(seq 1 240); do grep -q "is up" "$WORK/local.log" && break; sleep 0.5; done
 grep -q "is up" "$WORK/local.log" || { tail -20 "$WORK/local.log"; exit 1; }
-# The process doing Kafka's work: rtc-local itself (the mock runs inside it), or the broker.
+# The process doing Kafka's work: rtc-local itself (the embedded broker and the mock run inside
+# it), or the broker.
 KPID=$LOCAL
 if [ "$MODE" = broker ]; then
   KPID=$(cat /dev/shm/rtc-kafka-"$LOCAL"-*/kafka.pid 2>/dev/null || cat "${TMPDIR:-/tmp}"/rtc-kafka-"$LOCAL"-*/kafka.pid)

@@ -51,6 +51,9 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   [ -d "$WORK/kafka" ] && testkit/tools/kafka/kafka.sh stop "$WORK/kafka" >/dev/null 2>&1 || true
   rm -rf "$CTX" "$WORK"
+  # The image and the untagged ones earlier runs left (~400 MB each) would fill the disk.
+  podman rmi -f "$IMAGE" >/dev/null 2>&1 || true
+  podman image prune -f >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 

@@ -1,5 +1,6 @@
-//! Limits and refusals on a real stack: no nodes, wrong node, connection cap, rate limit, and a
-//! slow consumer closed with 4001 that loses nothing.
+//! Limits and refusals on a real stack: no nodes, wrong node, connection cap, rate limit, a
+//! slow consumer closed with 4001 that loses nothing, and a resume across records Kafka deleted
+//! before the node read them.
 
 use futures_util::StreamExt;
 use rtc_client::http::get as http_get;
@@ -182,5 +183,69 @@ async fn a_client_that_never_answers_pings_is_closed_with_a_reason() {
     assert_eq!(close["reason"], "ping timeout");
     bob.reconnect(T).await.unwrap();
     assert!(bob.recovered);
+    stack.shutdown().await;
+}
+
+/// A node that falls behind what Kafka still holds (the embedded broker's byte bound here,
+/// retention on a real broker) is reset past the deleted records and finds the slot's offsets
+/// jumped: a client resuming from before the jump is told `recovered: false` instead of being
+/// served the history as if it were whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_deleted_before_the_node_read_them_make_a_resume_not_recovered() {
+    use rtc_e2e::offline::{neighbours, produce};
+    const SLOTS: u32 = rtc_e2e::stack::SLOTS;
+    let kafka = rtc_testkit::kafka::Kafka::embedded(
+        SLOTS,
+        rtc_embedded_kafka::Config {
+            max_bytes: 64 << 10,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut stack = Stack::start_on(kafka, 1, |_| {}).await;
+    // Waits until the process node serves its slots of the ring.
+    let lagger = stack.spawn_process_node("lagger").await;
+    let ep = stack.endpoints();
+    let alice = (0..10_000)
+        .map(|k| format!("alice-{k}"))
+        .find(|c| stack.owner_of(c).as_deref() == Some("lagger"))
+        .expect("a client of the process node");
+    let mut near = neighbours(&alice, SLOTS, 21);
+    let carol = near.remove(0);
+    let a = Connection::connect(&ep, &alice, None, T).await.unwrap();
+    let resume = a.offset.expect("a resume point");
+    drop(a);
+    let mut c = Connection::connect(&ep, &carol, None, T).await.unwrap();
+
+    // The node stands still while the slot gets far more than the broker keeps.
+    lagger.signal(libc::SIGSTOP);
+    let bootstrap = stack.kafka.bootstrap.clone();
+    let last = produce(&bootstrap, SLOTS, &alice, &near, 100, 1400, Duration::ZERO).await;
+    let marker = produce(&bootstrap, SLOTS, &carol, &[], 1, 0, Duration::ZERO).await;
+    lagger.signal(libc::SIGCONT);
+    let (last, marker) = (last.unwrap(), marker.unwrap());
+    assert!(marker > last);
+    // carol's message is the slot's newest record: once she has it, the node read to the end.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "carol never got her message"
+        );
+        if let Ok(Some(f)) = c.next(Duration::from_secs(1)).await {
+            if f["type"] == "msg" {
+                assert_eq!(f["offset"], marker);
+                break;
+            }
+        }
+    }
+    let a = Connection::connect(&ep, &alice, Some(resume), T)
+        .await
+        .unwrap();
+    assert!(
+        !a.recovered,
+        "alice resumed from {resume}, before records deleted unread: not recovered"
+    );
+    drop(lagger);
     stack.shutdown().await;
 }

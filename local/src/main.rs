@@ -1,4 +1,4 @@
-//! rtc-local: the whole system on one machine — Redis, Kafka (embedded mock cluster, or the
+//! rtc-local: the whole system on one machine — Redis, Kafka (the embedded broker, Apache Kafka, or the
 //! broker in KAFKA_BOOTSTRAP), one balancer, N socket nodes and the gateway, each a child process
 //! with its log lines prefixed. Ctrl-C stops everything, children first; a child that exits on
 //! its own stops the stack too, and rtc-local then exits non-zero saying which one.
@@ -33,13 +33,18 @@ struct Args {
     /// An external Kafka; when unset, the one LOCAL_KAFKA names is started.
     #[arg(long, env = "KAFKA_BOOTSTRAP")]
     kafka_bootstrap: Option<String>,
-    /// Kafka to start when KAFKA_BOOTSTRAP is unset: `mock` (librdkafka's embedded mock cluster,
-    /// inside this process: starts at once, but slows down as it fills — it scans every stored
-    /// batch of a partition on each fetch — and holds every empty fetch for the whole wait) or
-    /// `broker` (Apache Kafka, KRaft, one node, started and stopped by this launcher; needs Java,
-    /// its jars are fetched from Maven Central once into ~/.cache/rtc; for long or latency runs).
-    #[arg(long, env = "LOCAL_KAFKA", default_value = "mock", value_parser = ["mock", "broker"])]
+    /// Kafka to start when KAFKA_BOOTSTRAP is unset: `embedded` (the project's in-memory broker,
+    /// inside this process: starts at once, keeps the newest EMBEDDED_KAFKA_MAX_MB), `broker`
+    /// (Apache Kafka, KRaft, one node, started and stopped by this launcher; needs Java, its jars
+    /// are fetched from Maven Central once into ~/.cache/rtc) or `mock` (librdkafka's mock
+    /// cluster, for comparison: it slows down as it fills — it scans every stored batch of a
+    /// partition on each fetch — and drops a partition's oldest records past 5 MiB).
+    #[arg(long, env = "LOCAL_KAFKA", default_value = "embedded", value_parser = ["embedded", "broker", "mock"])]
     kafka: String,
+    /// Megabytes of records the embedded Kafka holds; past it the oldest batches are dropped
+    /// (a warning says so) and a node or client further behind cannot read them any more.
+    #[arg(long, env = "EMBEDDED_KAFKA_MAX_MB", default_value_t = 512)]
+    embedded_kafka_max_mb: usize,
     /// An external Redis; when unset a redis-server is started (installed with apt if missing).
     #[arg(long, env = "REDIS_URL")]
     redis_url: Option<String>,
@@ -123,9 +128,16 @@ async fn main() -> anyhow::Result<()> {
                 rtc_testkit::kafka::Kafka::broker(args.slots)
                     .await
                     .context("starting the Apache Kafka broker (needs Java; testkit/tools/kafka)")?
-            } else {
+            } else if args.kafka == "mock" {
                 rtc_testkit::kafka::Kafka::mock(args.slots)
-                    .context("starting the embedded Kafka mock cluster")?
+                    .context("starting librdkafka's mock cluster")?
+            } else {
+                let cfg = rtc_embedded_kafka::Config {
+                    max_bytes: args.embedded_kafka_max_mb << 20,
+                    ..Default::default()
+                };
+                rtc_testkit::kafka::Kafka::embedded(args.slots, cfg)
+                    .context("starting the embedded Kafka")?
             };
             let b = k.bootstrap.clone();
             _kafka = k;

@@ -94,6 +94,7 @@ impl History {
         if e.offset <= self.last && self.floor.is_some() {
             return Pushed::Old;
         }
+        self.follow(e.offset);
         if self.floor.is_none() {
             self.floor = Some(e.offset);
         }
@@ -110,7 +111,26 @@ impl History {
     /// read past it.
     pub fn skip(&mut self, offset: i64) {
         if self.floor.is_some() && offset > self.last {
+            self.follow(offset);
             self.last = offset;
+        }
+    }
+
+    /// Notices records that were never read. A partition's records have consecutive offsets
+    /// (idempotent producers, no transactions, no compaction on `rtc.deliver`), so a consumed
+    /// offset past the next one means records were deleted before this node read them (the
+    /// consumer was reset past retention, or past the embedded broker's bound): the history is
+    /// complete only from here on, and a resume from before the jump is not `recovered`.
+    fn follow(&mut self, offset: i64) {
+        if self.floor.is_some() && offset > self.last + 1 {
+            tracing::warn!(
+                from = self.last + 1,
+                to = offset,
+                "records of a slot were deleted before they were read"
+            );
+            self.entries.clear();
+            self.keys.clear();
+            self.floor = Some(offset);
         }
     }
 
@@ -180,6 +200,30 @@ mod tests {
     }
 
     #[test]
+    fn a_jump_in_offsets_makes_the_history_complete_only_after_it() {
+        let mut h = History::new();
+        h.start_at(0);
+        for o in 0..5 {
+            h.push(e(o, "a", 1), 100, 0);
+        }
+        assert!(h.covers(2));
+        // 5..=7 were deleted before they were read.
+        assert_eq!(h.push(e(8, "a", 1), 100, 0), Pushed::Stored);
+        assert!(
+            !h.covers(2),
+            "a resume from before the hole is not complete"
+        );
+        assert!(!h.covers(6));
+        assert!(h.covers(7), "from the first record after the hole it is");
+        assert_eq!(h.after("a", 7).map(|e| e.offset).collect::<Vec<_>>(), [8]);
+        // An unreadable record after a hole counts the same way.
+        h.skip(12);
+        assert!(!h.covers(8));
+        assert!(h.covers(11));
+        assert!(h.is_empty());
+    }
+
+    #[test]
     fn bounds_by_count_and_age_raise_the_floor() {
         let mut h = History::new();
         h.start_at(0);
@@ -237,10 +281,11 @@ mod tests {
         h.skip(5);
         assert_eq!(h.last_offset(), -1, "no start yet: nothing to advance");
         h.start_at(10);
-        h.skip(12);
-        assert_eq!(h.last_offset(), 12);
+        h.skip(10);
         h.skip(11);
-        assert_eq!(h.last_offset(), 12, "never backwards");
+        assert_eq!(h.last_offset(), 11);
+        h.skip(10);
+        assert_eq!(h.last_offset(), 11, "never backwards");
         assert!(h.is_empty());
         assert!(h.covers(9), "the floor stays where the start was");
     }

@@ -136,6 +136,9 @@ fn read_blocking(
     let mut tpl = TopicPartitionList::new();
     tpl.add_partition_offset(DELIVER_TOPIC, slot as i32, Offset::Offset(from))?;
     c.assign(&tpl)?;
+    // The offset the next record must have: a partition's offsets are consecutive (see
+    // `History::follow`), so a record past it means the ones between were deleted meanwhile.
+    let mut next = from;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -150,6 +153,10 @@ fn read_blocking(
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(m)) => {
                 let offset = m.offset();
+                if offset > next {
+                    return Err(Incomplete::Retention(offset));
+                }
+                next = offset + 1;
                 if offset >= until {
                     return Ok(rb);
                 }

@@ -1,6 +1,7 @@
-//! Kafka for tests and the local stack: librdkafka's embedded mock cluster (owned by a thread of
-//! its own, since its handle cannot cross threads) or a real Apache Kafka broker (KRaft, one
-//! node) run by `tools/kafka/kafka.sh` from jars cached outside the clone.
+//! Kafka for tests and the local stack: the project's embedded broker (`rtc-embedded-kafka`, the
+//! default), librdkafka's mock cluster (owned by a thread of its own, since its handle cannot
+//! cross threads; kept for comparison) or a real Apache Kafka broker (KRaft, one node) run by
+//! `tools/kafka/kafka.sh` from jars cached outside the clone.
 
 use rdkafka::mocking::MockCluster;
 use rtc_serverkit::kafka::{CONTROL_TOPIC, DELIVER_TOPIC, ROOMS_PARTITIONS, ROOMS_TOPIC};
@@ -14,6 +15,7 @@ enum Cmd {
 }
 
 enum Inner {
+    Embedded(rtc_embedded_kafka::EmbeddedKafka),
     Mock {
         tx: mpsc::Sender<Cmd>,
         thread: Option<std::thread::JoinHandle<()>>,
@@ -69,7 +71,8 @@ fn broker_cmd(args: &[&str]) -> anyhow::Result<String> {
 }
 
 impl Kafka {
-    /// KAFKA_FETCH_WAIT_MS for clients of this Kafka: the mock holds every fetch that long.
+    /// KAFKA_FETCH_WAIT_MS for clients of this Kafka: the mock holds every fetch that long (the
+    /// embedded broker and a real one answer as soon as data arrives).
     pub fn fetch_wait_ms(&self) -> u32 {
         if self.kind == "mock" {
             rtc_serverkit::config::MOCK_KAFKA_FETCH_WAIT_MS
@@ -78,13 +81,30 @@ impl Kafka {
         }
     }
 
-    /// The Kafka named by `RTC_TEST_KAFKA`: `mock` (the default) or `broker`.
+    /// The Kafka named by `RTC_TEST_KAFKA`: `embedded` (the default), `mock` or `broker`.
     pub async fn from_env(slots: u32) -> anyhow::Result<Self> {
         match std::env::var("RTC_TEST_KAFKA").as_deref() {
             Ok("broker") => Self::broker(slots).await,
-            Ok("mock") | Err(_) => Self::mock(slots),
-            Ok(other) => anyhow::bail!("RTC_TEST_KAFKA={other}: expected mock or broker"),
+            Ok("mock") => Self::mock(slots),
+            Ok("embedded") | Err(_) => Self::embedded(slots, Default::default()),
+            Ok(other) => {
+                anyhow::bail!("RTC_TEST_KAFKA={other}: expected embedded, mock or broker")
+            }
         }
+    }
+
+    /// The project's embedded broker on a free loopback port, with the project's topics.
+    pub fn embedded(slots: u32, cfg: rtc_embedded_kafka::Config) -> anyhow::Result<Self> {
+        let k = rtc_embedded_kafka::EmbeddedKafka::start("127.0.0.1:0".parse()?, cfg)?;
+        k.create_topic(DELIVER_TOPIC, slots as i32, false);
+        k.create_topic(ROOMS_TOPIC, ROOMS_PARTITIONS, false);
+        k.create_topic(CONTROL_TOPIC, 1, true);
+        k.create_topic(rtc_serverkit::kafka::SCALE_TOPIC, 1, false);
+        Ok(Kafka {
+            bootstrap: k.bootstrap(),
+            kind: "embedded",
+            inner: Inner::Embedded(k),
+        })
     }
 
     /// An embedded mock cluster of 3 brokers with the project's topics.
@@ -219,8 +239,8 @@ impl Kafka {
         ours.then_some(pid)
     }
 
-    /// Whether the real broker is frozen by `outage` (its process stopped); `None` for the mock
-    /// or when it does not run.
+    /// Whether the real broker is frozen by `outage` (its process stopped); `None` for the
+    /// embedded ones or when it does not run.
     pub fn frozen(&self) -> Option<bool> {
         crate::proc::state(self.broker_pid()?).map(|s| s == 'T')
     }
@@ -228,6 +248,7 @@ impl Kafka {
     /// Makes every broker unreachable (`true`) or brings them back; done when it returns.
     pub fn outage(&self, down: bool) {
         match &self.inner {
+            Inner::Embedded(k) => k.set_down(down),
             Inner::Mock { tx, .. } => {
                 let (done_tx, done_rx) = mpsc::channel();
                 if tx.send(Cmd::Outage(down, done_tx)).is_ok() {
@@ -261,6 +282,7 @@ impl Drop for Kafka {
     fn drop(&mut self) {
         let pid = self.broker_pid();
         match &mut self.inner {
+            Inner::Embedded(_) => {}
             Inner::Mock { tx, thread } => {
                 let (dead_tx, _) = mpsc::channel();
                 drop(std::mem::replace(tx, dead_tx));

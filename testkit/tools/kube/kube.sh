@@ -2,7 +2,7 @@
 # kube.sh — a real Kubernetes control plane (etcd + kube-apiserver +
 # kube-controller-manager) on 127.0.0.1, no kubelet, no scheduler.
 #
-#   kube.sh install      build (once) and print the bin dir
+#   kube.sh install      build (once, then drop the Go caches) and print the bin dir
 #   kube.sh start DIR    certs, tokens, kubeconfig, start all three, wait ready
 #   kube.sh stop DIR     stop all three (TERM, bounded wait, KILL)
 #   kube.sh status DIR   show pids / liveness
@@ -40,7 +40,8 @@ have_bins() {
 }
 
 cmd_install() {
-  if have_bins; then echo "$BIN"; return 0; fi
+  # Built already: drop the Go caches an earlier install may have left (~4 GiB).
+  if have_bins; then [ -d "$CACHE/gocache" ] && cmd_prune 2>/dev/null; echo "$BIN"; return 0; fi
   mkdir -p "$CACHE"
   exec 9>"$CACHE/.install.lock"
   flock 9
@@ -70,6 +71,8 @@ cmd_install() {
   stamp >"$tmp/.stamp"
   rm -rf "$BIN"; mv "$tmp" "$BIN"
   log "built in $((SECONDS - t0))s"
+  # The Go build and module caches (~4 GiB) are not needed once the binaries are there.
+  cmd_prune 2>/dev/null
   echo "$BIN"
 }
 
