@@ -128,10 +128,11 @@ impl State {
         Ok((a.base, self.topics[t].partitions[p].start))
     }
 
-    /// Drops the oldest batches while over the byte bound or past the age bound.
-    fn trim(&mut self, cfg: &Config, now: Instant) {
+    /// Drops the oldest batches while over the byte bound (keeping at least the newest batch, so
+    /// an append is never dropped by its own answer) or past the age bound.
+    pub(crate) fn trim(&mut self, cfg: &Config, now: Instant) {
         while let Some(front) = self.order.front() {
-            let full = self.bytes > cfg.max_bytes;
+            let full = self.bytes > cfg.max_bytes && self.order.len() > 1;
             if !full && now.duration_since(front.at) <= cfg.max_age {
                 break;
             }

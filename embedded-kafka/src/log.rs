@@ -206,13 +206,15 @@ impl Log {
         Ok(out)
     }
 
-    /// The first offset of the first batch holding a record stamped at `ts` or later (the end
-    /// when there is none). Batch granularity: a few earlier records of that batch may come too.
-    pub fn offset_for_time(&self, ts: i64) -> i64 {
+    /// The first offset of the first batch holding a record stamped at `ts` or later (`None`
+    /// when there is none). Batch granularity: a few earlier records of that batch may come too
+    /// (Kafka gives the exact record). A linear scan: timestamps are the producers' and need not
+    /// grow with offsets.
+    pub fn offset_for_time(&self, ts: i64) -> Option<i64> {
         self.batches
             .iter()
             .find(|b| b.max_timestamp >= ts)
-            .map_or(self.end, |b| b.base.max(self.start))
+            .map(|b| b.base.max(self.start))
     }
 
     /// Drops the oldest batch if it starts at `base`; the bytes freed.
@@ -333,13 +335,13 @@ mod tests {
         for (i, ts) in [100, 200, 300].into_iter().enumerate() {
             log.append(&batch(2, ts, -1, -1, i)).unwrap();
         }
-        assert_eq!(log.offset_for_time(150), 2);
-        assert_eq!(log.offset_for_time(301), 6);
+        assert_eq!(log.offset_for_time(150), Some(2));
+        assert_eq!(log.offset_for_time(301), None);
         assert_eq!(log.drop_front(2), None, "only the oldest batch can go");
         assert!(log.drop_front(0).is_some());
         assert_eq!(log.start, 2);
         assert_eq!(log.read(1, 100), Err(code::OFFSET_OUT_OF_RANGE));
-        assert_eq!(log.offset_for_time(0), 2);
+        assert_eq!(log.offset_for_time(0), Some(2));
     }
 
     proptest! {

@@ -47,9 +47,13 @@ pub(crate) async fn accept(
     listener: TcpListener,
     mut stop: watch::Receiver<bool>,
 ) {
+    // The age bound applies while nothing is appended too.
+    let mut age = tokio::time::interval(Duration::from_secs(1));
+    age.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
+            _ = age.tick() => shared.state().trim(&shared.cfg, std::time::Instant::now()),
             r = listener.accept() => match r {
                 Ok((sock, _)) if !*shared.down.borrow() => {
                     let _ = sock.set_nodelay(true);
@@ -203,7 +207,9 @@ async fn answer(
             }
             encode(correlation, version, &resp)?
         }
-        RequestKind::ListOffsets(r) => encode(correlation, version, &list_offsets(shared, r))?,
+        RequestKind::ListOffsets(r) => {
+            encode(correlation, version, &list_offsets(shared, r, version))?
+        }
         RequestKind::Fetch(r) => match fetch(shared, r, down).await {
             Some(resp) => encode(correlation, version, &resp)?,
             None => bail!("went down while a fetch waited"),
@@ -322,7 +328,7 @@ fn produce(shared: &Shared, r: ProduceRequest) -> ProduceResponse {
     ProduceResponse::default().with_responses(responses)
 }
 
-fn list_offsets(shared: &Shared, r: ListOffsetsRequest) -> ListOffsetsResponse {
+fn list_offsets(shared: &Shared, r: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
     /// Kafka's special timestamps: the latest offset, the earliest.
     const LATEST: i64 = -1;
     const EARLIEST: i64 = -2;
@@ -343,10 +349,19 @@ fn list_offsets(shared: &Shared, r: ListOffsetsRequest) -> ListOffsetsResponse {
                             let offset = match p.timestamp {
                                 LATEST => log.end,
                                 EARLIEST => log.start,
+                                // Other special lookups (the record with the largest
+                                // timestamp, tiered storage) are answered as the latest.
                                 ts if ts < 0 => log.end,
-                                ts => log.offset_for_time(ts),
+                                // None at or after the time: -1, as Kafka answers.
+                                ts => log.offset_for_time(ts).unwrap_or(-1),
                             };
-                            out.with_offset(offset).with_leader_epoch(0)
+                            let out = out.with_offset(offset);
+                            // Leader epochs exist from version 4 on.
+                            if version >= 4 {
+                                out.with_leader_epoch(0)
+                            } else {
+                                out
+                            }
                         }
                         Err(e) => out.with_error_code(e).with_offset(-1),
                     }
@@ -372,8 +387,10 @@ async fn fetch(
     let mut appended = shared.appended.subscribe();
     loop {
         appended.borrow_and_update();
-        let (resp, size) = fetch_now(shared, &r);
-        if size > 0 || tokio::time::Instant::now() >= deadline {
+        let (resp, size, errors) = fetch_now(shared, &r);
+        // As a Kafka broker does: data or an error (out of range after records were dropped,
+        // an unknown partition) is answered at once, so the client can act on it.
+        if size > 0 || errors || tokio::time::Instant::now() >= deadline {
             return Some(resp);
         }
         tokio::select! {
@@ -383,10 +400,11 @@ async fn fetch(
     }
 }
 
-fn fetch_now(shared: &Shared, r: &FetchRequest) -> (FetchResponse, usize) {
+fn fetch_now(shared: &Shared, r: &FetchRequest) -> (FetchResponse, usize, bool) {
     let s = shared.state();
     let mut left = usize::try_from(r.max_bytes).unwrap_or(usize::MAX);
     let mut size = 0;
+    let mut errors = false;
     let responses = r
         .topics
         .iter()
@@ -398,7 +416,10 @@ fn fetch_now(shared: &Shared, r: &FetchRequest) -> (FetchResponse, usize) {
                     let out = PartitionData::default().with_partition_index(p.partition);
                     let log = match s.log(t.topic.0.as_str(), p.partition) {
                         Ok(log) => log,
-                        Err(e) => return out.with_error_code(e),
+                        Err(e) => {
+                            errors = true;
+                            return out.with_error_code(e);
+                        }
                     };
                     let out = out
                         .with_high_watermark(log.end)
@@ -425,7 +446,10 @@ fn fetch_now(shared: &Shared, r: &FetchRequest) -> (FetchResponse, usize) {
                             left = left.saturating_sub(n);
                             out.with_records(Some(records.freeze()))
                         }
-                        Err(e) => out.with_error_code(e),
+                        Err(e) => {
+                            errors = true;
+                            out.with_error_code(e)
+                        }
                     }
                 })
                 .collect();
@@ -434,5 +458,9 @@ fn fetch_now(shared: &Shared, r: &FetchRequest) -> (FetchResponse, usize) {
                 .with_partitions(partitions)
         })
         .collect();
-    (FetchResponse::default().with_responses(responses), size)
+    (
+        FetchResponse::default().with_responses(responses),
+        size,
+        errors,
+    )
 }

@@ -170,7 +170,8 @@ impl Config {
     pub fn for_tests(kafka: &str, redis: &str) -> Self {
         let mut c = Config::parse_from(["rtc-socket"]);
         c.shared.kafka_bootstrap = kafka.into();
-        // Tests mostly run on the embedded mock; a real broker only polls more often with it.
+        // Short enough for librdkafka's mock (RTC_TEST_KAFKA=mock), which holds every fetch the
+        // whole wait; the embedded broker and a real one only poll more often with it.
         c.shared.kafka_fetch_wait_ms = rtc_serverkit::config::MOCK_KAFKA_FETCH_WAIT_MS;
         c.shared.redis_url = redis.into();
         c.listen_addr = "127.0.0.1:0".into();

@@ -146,9 +146,18 @@ fn read_blocking(
         }
         match c.poll(left.min(Duration::from_millis(500))) {
             None => continue,
+            // The end before `until`: what lay between was deleted meanwhile (the consumer was
+            // reset past it).
+            Some(Err(KafkaError::PartitionEOF(_))) if next < until => {
+                return Err(Incomplete::Retention(next))
+            }
             Some(Err(KafkaError::PartitionEOF(_))) => return Ok(rb),
             Some(Err(e)) if e.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) => {
-                return Ok(rb)
+                return if next < until {
+                    Err(Incomplete::Retention(next))
+                } else {
+                    Ok(rb)
+                };
             }
             Some(Err(e)) => return Err(e.into()),
             Some(Ok(m)) => {

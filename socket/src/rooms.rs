@@ -95,6 +95,7 @@ impl Rooms {
     /// an unreadable record).
     pub fn advance(&self, p: usize, offset: i64) {
         let mut inner = self.lock();
+        inner.follow(p, offset);
         inner.positions[p] = inner.positions[p].max(offset);
     }
 
@@ -111,6 +112,7 @@ impl Rooms {
         now_ms: u64,
     ) -> Vec<Arc<Conn>> {
         let mut inner = self.lock();
+        inner.follow(p, offset);
         inner.positions[p] = inner.positions[p].max(offset);
         let floor = inner.floors[p];
         let r = inner
@@ -230,6 +232,26 @@ impl Rooms {
     }
 }
 
+impl Inner {
+    /// A consumed offset past the next one of partition `p` means records were deleted before
+    /// the reader got them (see `History::follow`): no room of the partition is complete
+    /// before it.
+    fn follow(&mut self, p: usize, offset: i64) {
+        if offset > self.positions[p] + 1 && self.positions[p] >= self.floors[p] - 1 {
+            tracing::warn!(
+                partition = p,
+                from = self.positions[p] + 1,
+                to = offset,
+                "room records were deleted before they were read"
+            );
+            self.floors[p] = offset;
+            for r in self.rooms.values_mut().filter(|r| r.partition == p) {
+                r.from = r.from.max(offset);
+            }
+        }
+    }
+}
+
 impl Room {
     fn new(partition: usize, from: i64) -> Self {
         Room {
@@ -292,10 +314,11 @@ mod tests {
     fn join_since_sends_exactly_what_followed_or_says_not_recovered() {
         let rooms = Rooms::new(1, B);
         rooms.start_partition(0, 10);
-        for o in [10, 12, 13, 15] {
-            rooms.record("r", 0, o, 0, frame(o), 0);
+        for o in 10..=15 {
+            let room = if [11, 14].contains(&o) { "other" } else { "r" };
+            rooms.record(room, 0, o, 0, frame(o), 0);
         }
-        // Offsets 11 and 14 belong to other rooms; the count bound (3) dropped 10.
+        // Offsets 11 and 14 belong to another room; the count bound (3) dropped 10.
         let c = Arc::new(Conn::new("c", 1000));
         assert!(rooms.join("r", 0, &c, Some("j"), Since::Offset(12), false, 0));
         let got = drain(&c);
@@ -317,10 +340,31 @@ mod tests {
     }
 
     #[test]
+    fn records_deleted_before_they_were_read_make_the_partitions_rooms_incomplete() {
+        let rooms = Rooms::new(2, B);
+        rooms.start_partition(0, 0);
+        rooms.start_partition(1, 0);
+        rooms.record("r", 0, 0, 0, frame(0), 0);
+        rooms.record("q", 1, 0, 0, frame(0), 0);
+        // Partition 0 jumps from 0 to 5: 1..=4 were deleted unread.
+        rooms.advance(0, 5);
+        rooms.record("r", 0, 6, 0, frame(6), 0);
+        let c = Arc::new(Conn::new("c", 1000));
+        assert!(!rooms.join("r", 0, &c, None, Since::Offset(0), false, 0));
+        assert!(rooms.join("r", 0, &c, None, Since::Offset(4), false, 0));
+        // A room the node never held, of that partition, is complete only after the jump too.
+        assert!(!rooms.join("new", 0, &c, None, Since::Offset(2), false, 0));
+        // The other partition is untouched.
+        assert!(rooms.join("q", 1, &c, None, Since::Offset(-1), false, 0));
+    }
+
+    #[test]
     fn a_room_the_node_never_held_is_complete_from_the_reader_start() {
         let rooms = Rooms::new(2, B);
         rooms.start_partition(1, 100);
-        rooms.advance(1, 104);
+        for o in 100..=104 {
+            rooms.advance(1, o);
+        }
         let c = Arc::new(Conn::new("c", 1000));
         assert!(rooms.join("q", 1, &c, None, Since::Offset(99), false, 0));
         assert!(drain(&c)[0].contains(r#""offset":104"#));
