@@ -117,11 +117,8 @@ pub async fn run(
             _ = cancel.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let read = async {
-            let generation = rtc_serverkit::continuity::generation(&mut redis).await?;
-            Ok::<_, redis::RedisError>((generation, store::heartbeats(&mut redis).await?))
-        };
-        let (generation, heartbeats) = match read.await {
+        let (generation, heartbeats) = match rtc_serverkit::continuity::heartbeats(&mut redis).await
+        {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read heartbeats; keeping the current ring");

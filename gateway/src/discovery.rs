@@ -50,8 +50,7 @@ impl Discovery for Local {
             st.conn = Some(rtc_serverkit::store::connect(&self.url).await?);
         }
         let conn = st.conn.as_mut().expect("connected above");
-        let generation = rtc_serverkit::continuity::generation(conn).await?;
-        let hbs = rtc_serverkit::store::heartbeats(conn).await?;
+        let (generation, hbs) = rtc_serverkit::continuity::heartbeats(conn).await?;
         let mut table: HashMap<String, Route> = hbs
             .into_iter()
             .filter_map(|h| {

@@ -16,6 +16,18 @@ pub async fn generation(r: &mut ConnectionManager) -> redis::RedisResult<u64> {
     r.get(GENERATION_KEY).await
 }
 
+/// The heartbeats and the generation they belong to. The generation is read after them: data
+/// lost during the read (the heartbeats are scanned in several steps) then shows as a new
+/// generation. Read before them, an old generation could be paired with an emptied or partial
+/// set and read as nodes that died — which moved every client of a node when a flush fell
+/// between the two reads.
+pub async fn heartbeats(
+    r: &mut ConnectionManager,
+) -> redis::RedisResult<(u64, Vec<rtc_protocol::record::Heartbeat>)> {
+    let heartbeats = crate::store::heartbeats(r).await?;
+    Ok((generation(r).await?, heartbeats))
+}
+
 /// Whether to hold: set when the generation changes, for `grace`. Pure.
 #[derive(Debug, Clone)]
 pub struct Continuity {
