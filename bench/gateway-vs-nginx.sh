@@ -16,6 +16,11 @@
 # Exits non-zero when a run is invalid: a failed upgrade or broken connection, or a run that
 # carried fewer than 1,000 echoes/s.
 #   bench/gateway-vs-nginx.sh     (CONNS=1000 SECS=10 RUNS=3 IDLE=9000 UPGRADES=20000)
+# EXTRA="sockmap uring" adds two measurement-only byte splices from bench/kernel-splice/ (C,
+# built here with clang, libbpf and liburing) as further targets of the echo runs: the kernel's
+# sockmap redirect, which never wakes the proxy, and an io_uring loop with no epoll. Machine CPU
+# per echo (all processes and kernel threads) is printed for every target, since a sockmap's
+# work runs in kworkers and is nobody's process time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNS=${CONNS:-1000}
@@ -34,8 +39,21 @@ fi
 cargo build --release --bins --quiet
 BIN=target/release
 LOG=$(mktemp -d)
+EXTRA=${EXTRA:-}
+case " $EXTRA " in *" sockmap "*|*" uring "*)
+  for pkg in clang libbpf-dev liburing-dev; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libbpf-dev liburing-dev >/dev/null; break; }
+  done
+  K=bench/kernel-splice
+  clang -O2 -g -target bpf -I"/usr/include/$(gcc -dumpmachine)" -c $K/splice.bpf.c -o "$LOG/splice.bpf.o"
+  cc -O2 $K/sockmap.c -o "$LOG/sockmap" -lbpf
+  cc -O2 $K/uring.c -o "$LOG/uring" -luring ;;
+esac
+SOCKMAP=$(( BASE + 8 )) URING=$(( BASE + 9 ))
 PIDS=()
 cleanup() {
+  # The io_uring splice's second worker is a child of the first.
+  [ -n "${URING_PID:-}" ] && kill $(ps -o pid= --ppid "$URING_PID") 2>/dev/null || true
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   [ -f "$LOG/nginx/nginx.pid" ] && kill -QUIT "$(cat "$LOG/nginx/nginx.pid")" 2>/dev/null || true
   wait 2>/dev/null || true
@@ -96,20 +114,43 @@ for _ in $(seq 1 60); do
 done
 case $r in *'"ok":1'*) ;; *) echo "the gateway never routed to the echo server: $r"; tail -5 "$LOG/gateway.log"; exit 1 ;; esac
 
-nginx_pids() { echo "$NGINX_PID" $(ps -o pid= --ppid "$NGINX_PID"); }
-pids_of() { case $1 in gateway) echo "$GW_PID" ;; nginx) nginx_pids ;; *) echo "" ;; esac; }
-port_of() { case $1 in gateway) echo "$GW" ;; nginx) echo "$NGX" ;; direct) echo "$ECHO" ;; esac; }
+for extra in $EXTRA; do
+  case $extra in
+    sockmap) "$LOG/sockmap" "$SOCKMAP" "$ECHO" "$LOG/splice.bpf.o" > "$LOG/sockmap.log" 2>&1 & SOCKMAP_PID=$! ;;
+    uring) "$LOG/uring" "$URING" "$ECHO" 2 > "$LOG/uring.log" 2>&1 & URING_PID=$! ;;
+    *) echo "unknown EXTRA target $extra"; exit 1 ;;
+  esac
+  PIDS+=($!)
+done
+sleep 0.5
+
+with_children() { echo "$1" $(ps -o pid= --ppid "$1"); }
+pids_of() {
+  case $1 in
+    gateway) echo "$GW_PID" ;; nginx) with_children "$NGINX_PID" ;;
+    sockmap) echo "$SOCKMAP_PID" ;; uring) with_children "$URING_PID" ;; *) echo "" ;;
+  esac
+}
+port_of() {
+  case $1 in
+    gateway) echo "$GW" ;; nginx) echo "$NGX" ;; direct) echo "$ECHO" ;; sockmap) echo "$SOCKMAP" ;; uring) echo "$URING" ;;
+  esac
+}
 # CPU clock ticks (user + system) used so far by the given processes.
 ticks() { local t=0; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0) )); done; echo "$t"; }
+# Busy clock ticks of the whole machine so far (user, nice, system, irq, softirq).
+machine_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
 rss_kib() { local t=0; for p in "$@"; do t=$(( t + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0) )); done; echo $t; }
 
 INVALID=0
 RESULTS=$LOG/results.jsonl
 REPORT="python3 bench/echo_report.py"
 echo "closed-loop echo: $CONNS connections, $SIZE-byte messages, $SECS s per run, $RUNS runs"
-orders=("direct gateway nginx" "nginx direct gateway" "gateway nginx direct")
+TARGETS=(direct gateway nginx $EXTRA)
 for run in $(seq 1 "$RUNS"); do
-  for target in ${orders[$(( (run - 1) % 3 ))]}; do
+  # Each run starts one target later than the one before.
+  shift_by=$(( (run - 1) % ${#TARGETS[@]} ))
+  for target in "${TARGETS[@]:$shift_by}" "${TARGETS[@]:0:$shift_by}"; do
     pids=$(pids_of $target)
     perf_out=""
     if [ "${PERF:-0}" = 1 ] && [ -n "$pids" ]; then
@@ -123,12 +164,12 @@ for run in $(seq 1 "$RUNS"); do
       perf record -F 999 -g -o "bench/out/perf-$target.data" -p "$(echo $pids | tr ' ' ,)" -- sleep $(( SECS + 2 )) 2>/dev/null &
       PERF_PID=$!
     fi
-    c0=$(ticks $pids)
+    c0=$(ticks $pids) m0=$(machine_ticks)
     $BIN/rtc-echo run --target "127.0.0.1:$(port_of $target)" --path /ws/echo-0/connect \
       --connections "$CONNS" --secs "$SECS" --warmup 2 --size "$SIZE" > "$LOG/$target-$run.json" 2>/dev/null || true
-    c1=$(ticks $pids)
+    c1=$(ticks $pids) m1=$(machine_ticks)
     [ -n "${PERF_PID:-}" ] && { wait "$PERF_PID" || true; PERF_PID=""; }
-    $REPORT run "$RESULTS" "$LOG/$target-$run.json" "$target" "$run" "$(( c1 - c0 ))" "$(getconf CLK_TCK)" "$SECS" 2 $perf_out || INVALID=1
+    $REPORT run "$RESULTS" "$LOG/$target-$run.json" "$target" "$run" "$(( c1 - c0 ))" "$(( m1 - m0 ))" "$(getconf CLK_TCK)" "$SECS" 2 $perf_out || INVALID=1
     sleep 1
   done
 done
