@@ -10,8 +10,11 @@
 #   - half saturation: p99 at half the highest delivered rate.
 # Exits non-zero when a run is invalid: lost messages or connect failures, or (below saturation)
 # less than 90 % of the offered load delivered.
-#   bench/relay.sh      (NODES=3 CONNS=1000 SECS=20 RATES="2000 10000 20000"; KEEP=1 keeps the
-#                        load test's reports and logs and prints where)
+#   bench/relay.sh      (NODES=3 CONNS=1000 SECS=20 RATES="2000 10000 20000" WARMUP_SECS=60;
+#                        KEEP=1 keeps the load test's reports and logs and prints where)
+# Before the measured rates, WARMUP_SECS of load at WARMUP_RATE (2,000 msgs/s) are run and not
+# counted: the broker's JVM is still compiling its hot paths for the first minute or so (JFR:
+# C2 took a quarter of a core 70–90 s after start), and the figures are meant for a warm system.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${NODES:-3}
@@ -19,6 +22,8 @@ CONNS=${CONNS:-1000}
 SECS=${SECS:-20}
 RATES=${RATES:-2000 10000 20000}
 IDLE_SECS=${IDLE_SECS:-20}
+WARMUP_SECS=${WARMUP_SECS:-60}
+WARMUP_RATE=${WARMUP_RATE:-2000}
 BASE=${BASE_PORT:-27080}
 export KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseSerialGC -XX:-UsePerfData -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true}
 export KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms1g -Xmx1g}
@@ -86,6 +91,10 @@ if bad:
     sys.exit(f"{label}: invalid: lost {r['lost']}, connect failures {r['connect_failures']}")
 PY
 }
+if [ "$WARMUP_SECS" -gt 0 ]; then
+  SECS=$WARMUP_SECS run "$WARMUP_RATE" "warm-up"
+  : > "$WORK/rates"
+fi
 for rate in $RATES; do
   run "$rate" "offered-$rate"
 done
