@@ -55,6 +55,10 @@ pub struct Config {
     /// Age after which room history is dropped, seconds.
     #[arg(long, env = "ROOM_HISTORY_MAX_AGE_SECS", default_value_t = 600)]
     pub room_history_max_age_secs: u64,
+    /// All rooms' history on the node together, in bytes (frames plus a per-message overhead);
+    /// past it the node-wide oldest messages are dropped first.
+    #[arg(long, env = "ROOM_HISTORY_MAX_BYTES", default_value_t = 128 * 1024 * 1024)]
+    pub room_history_max_bytes: usize,
     /// At start, the rooms reader reads at most this many records back per `rtc.rooms`
     /// partition to fill the room history.
     #[arg(long, env = "ROOM_REPLAY_MAX_RECORDS", default_value_t = 50_000)]
@@ -128,6 +132,11 @@ impl Config {
         anyhow::ensure!(
             self.room_history_max_messages > 0,
             "ROOM_HISTORY_MAX_MESSAGES must be positive"
+        );
+        anyhow::ensure!(
+            self.room_history_max_bytes >= 64 * 1024,
+            "ROOM_HISTORY_MAX_BYTES must be at least 65536 (64 KiB), got {}",
+            self.room_history_max_bytes
         );
         anyhow::ensure!(
             self.room_replay_max_records >= 0,

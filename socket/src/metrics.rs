@@ -133,7 +133,7 @@ impl Metrics {
             .expect(rtc_serverkit::telemetry::UNIQUE_METRIC),
             room_history: register_int_gauge_vec_with_registry!(
                 "rtc_socket_room_history",
-                "Room history held on this node: rooms with state, messages stored",
+                "Room history held on this node: rooms with state, messages stored, bytes they count against ROOM_HISTORY_MAX_BYTES",
                 &["what"],
                 registry
             )

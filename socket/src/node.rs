@@ -85,6 +85,7 @@ impl Node {
                 crate::rooms::Bounds {
                     max_messages: cfg.room_history_max_messages,
                     max_age_ms: cfg.room_history_max_age_secs * 1000,
+                    max_bytes: cfg.room_history_max_bytes,
                 },
             ),
             connections: AtomicUsize::new(0),

@@ -372,9 +372,10 @@ pub async fn run_rooms(
             _ = repoll.tick() => {}
             _ = sweep.tick() => {
                 node.rooms.sweep(rtc_serverkit::telemetry::now_ms());
-                let (rooms, held) = node.rooms.sizes();
+                let (rooms, held, bytes) = node.rooms.sizes();
                 node.metrics.room_history.with_label_values(&["rooms"]).set(rooms as i64);
                 node.metrics.room_history.with_label_values(&["messages"]).set(held as i64);
+                node.metrics.room_history.with_label_values(&["bytes"]).set(bytes as i64);
             }
             r = consumer.recv() => match r {
                 Ok(m) => {

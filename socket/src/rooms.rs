@@ -7,6 +7,12 @@
 //! appended and its members are read under one lock, and a `join` queues its history and becomes a
 //! member under that same lock, so a joining member gets each message once: in the history it is
 //! sent, or live after it.
+//!
+//! Besides each room's bounds, all rooms' history together is bounded in bytes
+//! (ROOM_HISTORY_MAX_BYTES): a node holds every room's history, and rooms are as many as the
+//! application makes. Past the bound the oldest messages node-wide go first (down to 90 % of it),
+//! raising their rooms' `from` as any eviction does, so a later `join` with `since` says
+//! `recovered:false` instead of missing them silently.
 
 use crate::conn::Conn;
 use rtc_protocol::ServerFrame;
@@ -18,7 +24,19 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 struct Entry {
     offset: i64,
     at_ms: u64,
+    /// Node-wide consumption order (for the byte bound: the oldest go first).
+    seq: u64,
     frame: Utf8Bytes,
+}
+
+/// What an entry counts against ROOM_HISTORY_MAX_BYTES besides its frame: the entry itself
+/// and its share of the deque.
+const ENTRY_OVERHEAD: usize = std::mem::size_of::<Entry>();
+
+impl Entry {
+    fn cost(&self) -> usize {
+        self.frame.len() + ENTRY_OVERHEAD
+    }
 }
 
 struct Member {
@@ -42,6 +60,10 @@ struct Inner {
     floors: Vec<i64>,
     /// Per partition: the newest offset the reader consumed.
     positions: Vec<i64>,
+    /// Bytes held by all rooms' history (`Entry::cost`).
+    bytes: usize,
+    /// The next entry's `seq`.
+    next_seq: u64,
 }
 
 /// Bounds of a room's history on a node.
@@ -49,6 +71,8 @@ struct Inner {
 pub struct Bounds {
     pub max_messages: usize,
     pub max_age_ms: u64,
+    /// All rooms' history together (ROOM_HISTORY_MAX_BYTES).
+    pub max_bytes: usize,
 }
 
 /// How a `join` asks for history.
@@ -75,6 +99,8 @@ impl Rooms {
                 rooms: HashMap::new(),
                 floors: vec![0; partitions],
                 positions: vec![-1; partitions],
+                bytes: 0,
+                next_seq: 0,
             }),
             bounds,
         }
@@ -111,7 +137,8 @@ impl Rooms {
         frame: Utf8Bytes,
         now_ms: u64,
     ) -> Vec<Arc<Conn>> {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         inner.follow(p, offset);
         inner.positions[p] = inner.positions[p].max(offset);
         let floor = inner.floors[p];
@@ -122,13 +149,21 @@ impl Rooms {
         if r.history.back().is_some_and(|e| e.offset >= offset) {
             return Vec::new(); // consumed twice (a reader restart): already delivered
         }
-        r.history.push_back(Entry {
+        let entry = Entry {
             offset,
             at_ms,
+            seq: inner.next_seq,
             frame,
-        });
-        r.evict(self.bounds, now_ms);
-        r.members.values().map(|m| m.conn.clone()).collect()
+        };
+        inner.next_seq += 1;
+        inner.bytes += entry.cost();
+        r.history.push_back(entry);
+        inner.bytes -= r.evict(self.bounds, now_ms);
+        let members = r.members.values().map(|m| m.conn.clone()).collect();
+        if inner.bytes > self.bounds.max_bytes {
+            inner.shed(self.bounds.max_bytes / 10 * 9);
+        }
+        members
     }
 
     /// Makes `conn` a member of `room` (partition `p`): queues the `joined` answer and the
@@ -145,13 +180,14 @@ impl Rooms {
         presence: bool,
         now_ms: u64,
     ) -> bool {
-        let mut inner = self.lock();
+        let mut guard = self.lock();
+        let inner = &mut *guard;
         let (floor, position) = (inner.floors[p], inner.positions[p]);
         let r = inner
             .rooms
             .entry(room.into())
             .or_insert_with(|| Room::new(p, floor));
-        r.evict(self.bounds, now_ms);
+        inner.bytes -= r.evict(self.bounds, now_ms);
         let (recovered, skip) = match since {
             Since::Now => (true, r.history.len()),
             Since::Offset(s) => (
@@ -211,9 +247,14 @@ impl Rooms {
     pub fn sweep(&self, now_ms: u64) {
         let bounds = self.bounds;
         let mut inner = self.lock();
-        let Inner { rooms, floors, .. } = &mut *inner;
+        let Inner {
+            rooms,
+            floors,
+            bytes,
+            ..
+        } = &mut *inner;
         rooms.retain(|_, r| {
-            r.evict(bounds, now_ms);
+            *bytes -= r.evict(bounds, now_ms);
             let keep = !r.members.is_empty() || !r.history.is_empty();
             if !keep {
                 floors[r.partition] = floors[r.partition].max(r.from);
@@ -222,17 +263,53 @@ impl Rooms {
         });
     }
 
-    /// Rooms with state on this node, and messages held in all of them (for metrics).
-    pub fn sizes(&self) -> (usize, usize) {
+    /// Rooms with state on this node, and messages and bytes held in all of them (for metrics).
+    pub fn sizes(&self) -> (usize, usize, usize) {
         let inner = self.lock();
         (
             inner.rooms.len(),
             inner.rooms.values().map(|r| r.history.len()).sum(),
+            inner.bytes,
         )
     }
 }
 
 impl Inner {
+    /// Drops the node-wide oldest history until at most `target` bytes are held. A selection
+    /// (not a sort) over the entries' `seq` finds how far to cut for the bytes to go at the
+    /// average cost, then each room drops up to there from its front (a room's entries are in
+    /// `seq` order); a second round is needed only when the oldest entries were smaller than
+    /// the average. Shedding to below the bound keeps this off the path of most records.
+    fn shed(&mut self, target: usize) {
+        while self.bytes > target {
+            let mut seqs: Vec<u64> = self
+                .rooms
+                .values()
+                .flat_map(|r| r.history.iter().map(|e| e.seq))
+                .collect();
+            if seqs.is_empty() {
+                return;
+            }
+            let avg = (self.bytes / seqs.len()).max(1);
+            let k = (self.bytes - target).div_ceil(avg).clamp(1, seqs.len());
+            let cut = *seqs.select_nth_unstable(k - 1).1;
+            for r in self.rooms.values_mut() {
+                while let Some(e) = r.history.front() {
+                    if e.seq > cut {
+                        break;
+                    }
+                    r.from = e.offset + 1;
+                    self.bytes -= e.cost();
+                    r.history.pop_front();
+                }
+            }
+        }
+        tracing::debug!(
+            held = self.bytes,
+            "room history over ROOM_HISTORY_MAX_BYTES: the oldest messages were dropped"
+        );
+    }
+
     /// A consumed offset past the next one of partition `p` means records were deleted before
     /// the reader got them (see `History::follow`): no room of the partition is complete
     /// before it.
@@ -262,16 +339,20 @@ impl Room {
         }
     }
 
-    fn evict(&mut self, b: Bounds, now_ms: u64) {
+    /// Applies the room's own bounds; returns the bytes freed.
+    fn evict(&mut self, b: Bounds, now_ms: u64) -> usize {
         let min_at = now_ms.saturating_sub(b.max_age_ms);
+        let mut freed = 0;
         while let Some(e) = self.history.front() {
             if self.history.len() > b.max_messages || e.at_ms < min_at {
                 self.from = e.offset + 1;
+                freed += e.cost();
                 self.history.pop_front();
             } else {
                 break;
             }
         }
+        freed
     }
 }
 
@@ -282,6 +363,7 @@ mod tests {
     const B: Bounds = Bounds {
         max_messages: 3,
         max_age_ms: 1000,
+        max_bytes: usize::MAX,
     };
 
     fn frame(i: i64) -> Utf8Bytes {
@@ -378,11 +460,81 @@ mod tests {
         rooms.start_partition(0, 0);
         rooms.record("old", 0, 5, 0, frame(5), 0);
         rooms.sweep(5000);
-        assert_eq!(rooms.sizes(), (0, 0), "empty rooms are let go");
+        assert_eq!(rooms.sizes(), (0, 0, 0), "empty rooms are let go");
         // A later join of any room of that partition cannot claim what was dropped.
         let c = Arc::new(Conn::new("c", 1000));
         assert!(!rooms.join("old", 0, &c, None, Since::Offset(4), false, 5000));
         let d = Arc::new(Conn::new("d", 1000));
         assert!(rooms.join("old", 0, &d, None, Since::Offset(5), false, 5000));
+    }
+
+    fn cost(frame_len: usize) -> usize {
+        frame_len + ENTRY_OVERHEAD
+    }
+
+    #[test]
+    fn all_rooms_together_stay_under_the_byte_bound_oldest_first() {
+        // Room bounds that never bite; 10 messages' worth of bytes node-wide.
+        let b = Bounds {
+            max_messages: 1000,
+            max_age_ms: u64::MAX,
+            max_bytes: cost(3) * 10,
+        };
+        let rooms = Rooms::new(1, b);
+        rooms.start_partition(0, 0);
+        // Offsets 0..=10 alternate between two rooms; the 11th record crosses the bound and the
+        // node-wide oldest go until 90 % of it (9 messages) is held.
+        for o in 0..=10 {
+            let room = if o % 2 == 0 { "even" } else { "odd" };
+            rooms.record(room, 0, o, 0, Utf8Bytes::from(format!("m{o:02}")), 0);
+        }
+        let (_, held, bytes) = rooms.sizes();
+        assert_eq!((held, bytes), (9, cost(3) * 9));
+        // 0 and 1 (one of each room) went first.
+        let c = Arc::new(Conn::new("c", 1000));
+        assert!(!rooms.join("even", 0, &c, None, Since::Offset(-1), false, 0));
+        assert_eq!(&drain(&c)[1..], ["m02", "m04", "m06", "m08", "m10"]);
+        assert!(rooms.join("even", 0, &c, None, Since::Offset(0), false, 0));
+        let d = Arc::new(Conn::new("d", 1000));
+        assert!(!rooms.join("odd", 0, &d, None, Since::Offset(0), false, 0));
+        drain(&d);
+        assert!(rooms.join("odd", 0, &d, None, Since::Offset(1), false, 0));
+        assert_eq!(&drain(&d)[1..], ["m03", "m05", "m07", "m09"]);
+    }
+
+    proptest::proptest! {
+        /// Whatever the rooms, sizes and bound: the bytes held are exactly what the stored
+        /// entries cost and never more than the bound, and a `join` that says recovered gets
+        /// exactly the room's messages after its offset (none missing, none twice).
+        #[test]
+        fn the_byte_bound_never_loses_a_message_silently(
+            records in proptest::collection::vec((0u8..6, 1usize..200), 1..300),
+            max_msgs in 1usize..50,
+            bound_msgs in 2usize..100,
+            since in -1i64..300,
+        ) {
+            let b = Bounds { max_messages: max_msgs, max_age_ms: u64::MAX, max_bytes: cost(200) * bound_msgs };
+            let rooms = Rooms::new(1, b);
+            rooms.start_partition(0, 0);
+            let mut sent: HashMap<String, Vec<(i64, String)>> = HashMap::new();
+            for (o, &(room, len)) in records.iter().enumerate() {
+                let o = o as i64;
+                let text = format!("{o}:{}", "x".repeat(len));
+                let room = format!("r{room}");
+                rooms.record(&room, 0, o, 0, Utf8Bytes::from(text.clone()), 0);
+                sent.entry(room).or_default().push((o, text));
+                let inner = rooms.lock();
+                let held: usize = inner.rooms.values().flat_map(|r| r.history.iter()).map(Entry::cost).sum();
+                proptest::prop_assert_eq!(inner.bytes, held);
+                proptest::prop_assert!(inner.bytes <= b.max_bytes);
+            }
+            for (room, msgs) in &sent {
+                let c = Arc::new(Conn::new("c", 100_000));
+                if rooms.join(room, 0, &c, None, Since::Offset(since), false, 0) {
+                    let want: Vec<String> = msgs.iter().filter(|(o, _)| *o > since).map(|(_, t)| t.clone()).collect();
+                    proptest::prop_assert_eq!(&drain(&c)[1..], &want[..]);
+                }
+            }
+        }
     }
 }
