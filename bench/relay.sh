@@ -12,12 +12,15 @@
 # less than 90 % of the offered load delivered.
 #   bench/relay.sh      (NODES=3 CONNS=1000 SECS=20 RATES="2000 10000 20000" WARMUP_SECS=60;
 #                        KEEP=1 keeps the load test's reports and logs and prints where)
+# KAFKA=embedded runs the same against the local stack's embedded broker (in rtc-local's process,
+# whose CPU is then reported as the broker's), to separate what the broker adds.
 # Before the measured rates, WARMUP_SECS of load at WARMUP_RATE (2,000 msgs/s) are run and not
 # counted: the broker's JVM is still compiling its hot paths for the first minute or so (JFR:
 # C2 took a quarter of a core 70–90 s after start), and the figures are meant for a warm system.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 NODES=${NODES:-3}
+KAFKA=${KAFKA:-broker}
 CONNS=${CONNS:-1000}
 SECS=${SECS:-20}
 RATES=${RATES:-2000 10000 20000}
@@ -30,7 +33,7 @@ export KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms1g -Xmx1g}
 cargo build --release --bins --quiet
 BIN=target/release
 WORK=$(mktemp -d)
-LOCAL_KAFKA=broker $BIN/rtc-local --nodes "$NODES" --gateway-port "$BASE" --admin-port $(( BASE + 1 )) \
+LOCAL_KAFKA=$KAFKA $BIN/rtc-local --nodes "$NODES" --gateway-port "$BASE" --admin-port $(( BASE + 1 )) \
   --balancer-port $(( BASE + 2 )) --socket-base-port $(( BASE + 10 )) > "$WORK/local.log" 2>&1 &
 LOCAL=$!
 trap 'kill -INT $LOCAL 2>/dev/null || true; wait 2>/dev/null || true; [ "${KEEP:-0}" = 1 ] && echo "kept $WORK" || rm -rf "$WORK"' EXIT
@@ -40,10 +43,14 @@ NODE_PIDS=()
 for pid in $(ps -o pid= --ppid "$LOCAL"); do
   case "$(tr '\0' ' ' < "/proc/$pid/cmdline")" in *rtc-socket*) NODE_PIDS+=("$pid") ;; esac
 done
-KPID=$(cat /dev/shm/rtc-kafka-"$LOCAL"-*/kafka.pid 2>/dev/null || cat "${TMPDIR:-/tmp}"/rtc-kafka-"$LOCAL"-*/kafka.pid)
+if [ "$KAFKA" = broker ]; then
+  KPID=$(cat /dev/shm/rtc-kafka-"$LOCAL"-*/kafka.pid 2>/dev/null || cat "${TMPDIR:-/tmp}"/rtc-kafka-"$LOCAL"-*/kafka.pid)
+else
+  KPID=$LOCAL
+fi
 ticks() { local t=0; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done; echo "$t"; }
 HZ=$(getconf CLK_TCK)
-echo "date=$(date -u +%FT%TZ) host=$(nproc)cpu nodes=$NODES conns=$CONNS secs=$SECS kafka=broker"
+echo "date=$(date -u +%FT%TZ) host=$(nproc)cpu nodes=$NODES conns=$CONNS secs=$SECS kafka=$KAFKA"
 
 # Idle: the stack settles, then nothing happens for IDLE_SECS.
 sleep 10
