@@ -21,6 +21,8 @@
 # sockmap redirect, which never wakes the proxy, and an io_uring loop with no epoll. Machine CPU
 # per echo (all processes and kernel threads) is printed for every target, since a sockmap's
 # work runs in kworkers and is nobody's process time.
+# The sockmap target needs root (CAP_BPF and CAP_NET_ADMIN) and a kernel with
+# CONFIG_BPF_STREAM_PARSER; io_uring needs it not disabled (kernel.io_uring_disabled = 0).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNS=${CONNS:-1000}
