@@ -10,13 +10,14 @@
 //!
 //! Besides each room's bounds, all rooms' history together is bounded in bytes
 //! (ROOM_HISTORY_MAX_BYTES): a node holds every room's history, and rooms are as many as the
-//! application makes. Past the bound the oldest messages node-wide go first (down to 90 % of it),
-//! raising their rooms' `from` as any eviction does, so a later `join` with `since` says
-//! `recovered:false` instead of missing them silently.
+//! application makes. Past the bound the oldest messages node-wide go first, raising their rooms'
+//! `from` as any eviction does, so a later `join` with `since` says `recovered:false` instead of
+//! missing them silently. An index of each room's oldest message (`Inner::fronts`) makes that a
+//! few map operations per message dropped, never a pass over all rooms.
 
 use crate::conn::Conn;
 use rtc_protocol::ServerFrame;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
@@ -46,6 +47,8 @@ struct Member {
 }
 
 struct Room {
+    /// Its key in `Inner::rooms`, shared with `Inner::fronts`.
+    name: Arc<str>,
     partition: usize,
     members: HashMap<u64, Member>,
     history: VecDeque<Entry>,
@@ -54,7 +57,10 @@ struct Room {
 }
 
 struct Inner {
-    rooms: HashMap<Box<str>, Room>,
+    rooms: HashMap<Arc<str>, Room>,
+    /// The `seq` of each room's oldest held message → the room: the node-wide oldest is first.
+    /// Exactly the rooms with history are here (kept so by `refront`).
+    fronts: BTreeMap<u64, Arc<str>>,
     /// Per partition: the offset from which a room without an entry in `rooms` has nothing the
     /// node dropped (the reader's start, raised when a room's state is let go).
     floors: Vec<i64>,
@@ -97,6 +103,7 @@ impl Rooms {
         Rooms {
             inner: Mutex::new(Inner {
                 rooms: HashMap::new(),
+                fronts: BTreeMap::new(),
                 floors: vec![0; partitions],
                 positions: vec![-1; partitions],
                 bytes: 0,
@@ -142,27 +149,31 @@ impl Rooms {
         inner.follow(p, offset);
         inner.positions[p] = inner.positions[p].max(offset);
         let floor = inner.floors[p];
-        let r = inner
-            .rooms
-            .entry(room.into())
-            .or_insert_with(|| Room::new(p, floor));
+        let Inner {
+            rooms,
+            fronts,
+            bytes,
+            next_seq,
+            ..
+        } = inner;
+        let r = room_entry(rooms, room, p, floor);
         if r.history.back().is_some_and(|e| e.offset >= offset) {
             return Vec::new(); // consumed twice (a reader restart): already delivered
         }
+        let before = r.front_seq();
         let entry = Entry {
             offset,
             at_ms,
-            seq: inner.next_seq,
+            seq: *next_seq,
             frame,
         };
-        inner.next_seq += 1;
-        inner.bytes += entry.cost();
+        *next_seq += 1;
+        *bytes += entry.cost();
         r.history.push_back(entry);
-        inner.bytes -= r.evict(self.bounds, now_ms);
+        *bytes -= r.evict(self.bounds, now_ms);
+        r.refront(fronts, before);
         let members = r.members.values().map(|m| m.conn.clone()).collect();
-        if inner.bytes > self.bounds.max_bytes {
-            inner.shed(self.bounds.max_bytes / 10 * 9);
-        }
+        inner.shed(self.bounds.max_bytes);
         members
     }
 
@@ -183,11 +194,10 @@ impl Rooms {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let (floor, position) = (inner.floors[p], inner.positions[p]);
-        let r = inner
-            .rooms
-            .entry(room.into())
-            .or_insert_with(|| Room::new(p, floor));
+        let r = room_entry(&mut inner.rooms, room, p, floor);
+        let before = r.front_seq();
         inner.bytes -= r.evict(self.bounds, now_ms);
+        r.refront(&mut inner.fronts, before);
         let (recovered, skip) = match since {
             Since::Now => (true, r.history.len()),
             Since::Offset(s) => (
@@ -249,12 +259,15 @@ impl Rooms {
         let mut inner = self.lock();
         let Inner {
             rooms,
+            fronts,
             floors,
             bytes,
             ..
         } = &mut *inner;
         rooms.retain(|_, r| {
+            let before = r.front_seq();
             *bytes -= r.evict(bounds, now_ms);
+            r.refront(fronts, before);
             let keep = !r.members.is_empty() || !r.history.is_empty();
             if !keep {
                 floors[r.partition] = floors[r.partition].max(r.from);
@@ -275,33 +288,25 @@ impl Rooms {
 }
 
 impl Inner {
-    /// Drops the node-wide oldest history until at most `target` bytes are held. A selection
-    /// (not a sort) over the entries' `seq` finds how far to cut for the bytes to go at the
-    /// average cost, then each room drops up to there from its front (a room's entries are in
-    /// `seq` order); a second round is needed only when the oldest entries were smaller than
-    /// the average. Shedding to below the bound keeps this off the path of most records.
+    /// Drops the node-wide oldest history (by consumption order) until at most `target` bytes
+    /// are held.
     fn shed(&mut self, target: usize) {
+        if self.bytes <= target {
+            return;
+        }
         while self.bytes > target {
-            let mut seqs: Vec<u64> = self
+            let Some((_, name)) = self.fronts.pop_first() else {
+                break;
+            };
+            let r = self
                 .rooms
-                .values()
-                .flat_map(|r| r.history.iter().map(|e| e.seq))
-                .collect();
-            if seqs.is_empty() {
-                return;
-            }
-            let avg = (self.bytes / seqs.len()).max(1);
-            let k = (self.bytes - target).div_ceil(avg).clamp(1, seqs.len());
-            let cut = *seqs.select_nth_unstable(k - 1).1;
-            for r in self.rooms.values_mut() {
-                while let Some(e) = r.history.front() {
-                    if e.seq > cut {
-                        break;
-                    }
-                    r.from = e.offset + 1;
-                    self.bytes -= e.cost();
-                    r.history.pop_front();
-                }
+                .get_mut(&*name)
+                .expect("a room in fronts is held");
+            let e = r.history.pop_front().expect("a room in fronts has history");
+            r.from = e.offset + 1;
+            self.bytes -= e.cost();
+            if let Some(next) = r.history.front() {
+                self.fronts.insert(next.seq, name);
             }
         }
         tracing::debug!(
@@ -329,13 +334,45 @@ impl Inner {
     }
 }
 
+/// The room `name` of partition `p`, made (complete from `floor`) if the node holds none.
+fn room_entry<'a>(
+    rooms: &'a mut HashMap<Arc<str>, Room>,
+    name: &str,
+    p: usize,
+    floor: i64,
+) -> &'a mut Room {
+    if !rooms.contains_key(name) {
+        let name: Arc<str> = name.into();
+        rooms.insert(name.clone(), Room::new(name, p, floor));
+    }
+    rooms.get_mut(name).expect("just made")
+}
+
 impl Room {
-    fn new(partition: usize, from: i64) -> Self {
+    fn new(name: Arc<str>, partition: usize, from: i64) -> Self {
         Room {
+            name,
             partition,
             members: HashMap::new(),
             history: VecDeque::new(),
             from,
+        }
+    }
+
+    fn front_seq(&self) -> Option<u64> {
+        self.history.front().map(|e| e.seq)
+    }
+
+    /// Keeps `fronts` true after the room's history changed; `before` is its front `seq` then.
+    fn refront(&self, fronts: &mut BTreeMap<u64, Arc<str>>, before: Option<u64>) {
+        let after = self.front_seq();
+        if before != after {
+            if let Some(b) = before {
+                fronts.remove(&b);
+            }
+            if let Some(a) = after {
+                fronts.insert(a, self.name.clone());
+            }
         }
     }
 
@@ -482,15 +519,14 @@ mod tests {
         };
         let rooms = Rooms::new(1, b);
         rooms.start_partition(0, 0);
-        // Offsets 0..=10 alternate between two rooms; the 11th record crosses the bound and the
-        // node-wide oldest go until 90 % of it (9 messages) is held.
-        for o in 0..=10 {
+        // Offsets 0..=11 alternate between two rooms; the 11th and 12th records each push the
+        // node-wide oldest out: 0 (of "even"), then 1 (of "odd").
+        for o in 0..=11 {
             let room = if o % 2 == 0 { "even" } else { "odd" };
             rooms.record(room, 0, o, 0, Utf8Bytes::from(format!("m{o:02}")), 0);
         }
         let (_, held, bytes) = rooms.sizes();
-        assert_eq!((held, bytes), (9, cost(3) * 9));
-        // 0 and 1 (one of each room) went first.
+        assert_eq!((held, bytes), (10, cost(3) * 10));
         let c = Arc::new(Conn::new("c", 1000));
         assert!(!rooms.join("even", 0, &c, None, Since::Offset(-1), false, 0));
         assert_eq!(&drain(&c)[1..], ["m02", "m04", "m06", "m08", "m10"]);
@@ -499,38 +535,52 @@ mod tests {
         assert!(!rooms.join("odd", 0, &d, None, Since::Offset(0), false, 0));
         drain(&d);
         assert!(rooms.join("odd", 0, &d, None, Since::Offset(1), false, 0));
-        assert_eq!(&drain(&d)[1..], ["m03", "m05", "m07", "m09"]);
+        assert_eq!(&drain(&d)[1..], ["m03", "m05", "m07", "m09", "m11"]);
     }
 
     proptest::proptest! {
         /// Whatever the rooms, sizes and bound: the bytes held are exactly what the stored
-        /// entries cost and never more than the bound, and a `join` that says recovered gets
-        /// exactly the room's messages after its offset (none missing, none twice).
+        /// entries cost and never more than the bound, the index of room fronts is exact, and a
+        /// `join` that says recovered gets exactly the room's messages after its offset (none
+        /// missing, none twice).
         #[test]
         fn the_byte_bound_never_loses_a_message_silently(
-            records in proptest::collection::vec((0u8..6, 1usize..200), 1..300),
+            records in proptest::collection::vec((0u8..6, 1usize..200, proptest::bool::weighted(0.05)), 1..300),
             max_msgs in 1usize..50,
+            max_age_ms in 1u64..400,
             bound_msgs in 2usize..100,
             since in -1i64..300,
         ) {
-            let b = Bounds { max_messages: max_msgs, max_age_ms: u64::MAX, max_bytes: cost(200) * bound_msgs };
+            // Record o is stamped o ms and consumed at o ms; now and then the periodic sweep runs.
+            let b = Bounds { max_messages: max_msgs, max_age_ms, max_bytes: cost(200) * bound_msgs };
             let rooms = Rooms::new(1, b);
             rooms.start_partition(0, 0);
             let mut sent: HashMap<String, Vec<(i64, String)>> = HashMap::new();
-            for (o, &(room, len)) in records.iter().enumerate() {
+            for (o, &(room, len, sweep)) in records.iter().enumerate() {
                 let o = o as i64;
                 let text = format!("{o}:{}", "x".repeat(len));
                 let room = format!("r{room}");
-                rooms.record(&room, 0, o, 0, Utf8Bytes::from(text.clone()), 0);
+                rooms.record(&room, 0, o, o as u64, Utf8Bytes::from(text.clone()), o as u64);
                 sent.entry(room).or_default().push((o, text));
+                if sweep {
+                    rooms.sweep(o as u64);
+                }
                 let inner = rooms.lock();
                 let held: usize = inner.rooms.values().flat_map(|r| r.history.iter()).map(Entry::cost).sum();
                 proptest::prop_assert_eq!(inner.bytes, held);
                 proptest::prop_assert!(inner.bytes <= b.max_bytes);
+                // The index names exactly the rooms with history, under their oldest message.
+                let fronts: BTreeMap<u64, Arc<str>> = inner
+                    .rooms
+                    .values()
+                    .filter_map(|r| Some((r.history.front()?.seq, r.name.clone())))
+                    .collect();
+                proptest::prop_assert_eq!(&inner.fronts, &fronts);
             }
             for (room, msgs) in &sent {
                 let c = Arc::new(Conn::new("c", 100_000));
-                if rooms.join(room, 0, &c, None, Since::Offset(since), false, 0) {
+                let now = records.len() as u64 - 1;
+                if rooms.join(room, 0, &c, None, Since::Offset(since), false, now) {
                     let want: Vec<String> = msgs.iter().filter(|(o, _)| *o > since).map(|(_, t)| t.clone()).collect();
                     proptest::prop_assert_eq!(&drain(&c)[1..], &want[..]);
                 }
