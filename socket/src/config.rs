@@ -187,3 +187,20 @@ impl Config {
         c
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_room_history_byte_bound_is_checked() {
+        let mut c = Config::for_tests("127.0.0.1:9092", "redis://127.0.0.1/");
+        c.validate().expect("the defaults are valid");
+        c.room_history_max_bytes = 64 * 1024 - 1;
+        let err = c
+            .validate()
+            .expect_err("under 64 KiB is refused")
+            .to_string();
+        assert!(err.contains("ROOM_HISTORY_MAX_BYTES"), "{err}");
+    }
+}

@@ -59,7 +59,7 @@ struct Room {
 struct Inner {
     rooms: HashMap<Arc<str>, Room>,
     /// The `seq` of each room's oldest held message → the room: the node-wide oldest is first.
-    /// Exactly the rooms with history are here (kept so by `refront`).
+    /// Exactly the rooms with history are here (kept so by `Room::settle` and `Inner::shed`).
     fronts: BTreeMap<u64, Arc<str>>,
     /// Per partition: the offset from which a room without an entry in `rooms` has nothing the
     /// node dropped (the reader's start, raised when a room's state is let go).
@@ -170,8 +170,7 @@ impl Rooms {
         *next_seq += 1;
         *bytes += entry.cost();
         r.history.push_back(entry);
-        *bytes -= r.evict(self.bounds, now_ms);
-        r.refront(fronts, before);
+        r.settle(before, self.bounds, now_ms, fronts, bytes);
         let members = r.members.values().map(|m| m.conn.clone()).collect();
         inner.shed(self.bounds.max_bytes);
         members
@@ -195,9 +194,13 @@ impl Rooms {
         let inner = &mut *guard;
         let (floor, position) = (inner.floors[p], inner.positions[p]);
         let r = room_entry(&mut inner.rooms, room, p, floor);
-        let before = r.front_seq();
-        inner.bytes -= r.evict(self.bounds, now_ms);
-        r.refront(&mut inner.fronts, before);
+        r.settle(
+            r.front_seq(),
+            self.bounds,
+            now_ms,
+            &mut inner.fronts,
+            &mut inner.bytes,
+        );
         let (recovered, skip) = match since {
             Since::Now => (true, r.history.len()),
             Since::Offset(s) => (
@@ -265,9 +268,7 @@ impl Rooms {
             ..
         } = &mut *inner;
         rooms.retain(|_, r| {
-            let before = r.front_seq();
-            *bytes -= r.evict(bounds, now_ms);
-            r.refront(fronts, before);
+            r.settle(r.front_seq(), bounds, now_ms, fronts, bytes);
             let keep = !r.members.is_empty() || !r.history.is_empty();
             if !keep {
                 floors[r.partition] = floors[r.partition].max(r.from);
@@ -363,8 +364,26 @@ impl Room {
         self.history.front().map(|e| e.seq)
     }
 
-    /// Keeps `fronts` true after the room's history changed; `before` is its front `seq` then.
-    fn refront(&self, fronts: &mut BTreeMap<u64, Arc<str>>, before: Option<u64>) {
+    /// Applies the room's own bounds, keeping the node-wide byte count and `fronts` true;
+    /// `before` is the room's oldest `seq` before its history last changed (a push, or now).
+    fn settle(
+        &mut self,
+        before: Option<u64>,
+        b: Bounds,
+        now_ms: u64,
+        fronts: &mut BTreeMap<u64, Arc<str>>,
+        bytes: &mut usize,
+    ) {
+        let min_at = now_ms.saturating_sub(b.max_age_ms);
+        while let Some(e) = self.history.front() {
+            if self.history.len() > b.max_messages || e.at_ms < min_at {
+                self.from = e.offset + 1;
+                *bytes -= e.cost();
+                self.history.pop_front();
+            } else {
+                break;
+            }
+        }
         let after = self.front_seq();
         if before != after {
             if let Some(b) = before {
@@ -374,22 +393,6 @@ impl Room {
                 fronts.insert(a, self.name.clone());
             }
         }
-    }
-
-    /// Applies the room's own bounds; returns the bytes freed.
-    fn evict(&mut self, b: Bounds, now_ms: u64) -> usize {
-        let min_at = now_ms.saturating_sub(b.max_age_ms);
-        let mut freed = 0;
-        while let Some(e) = self.history.front() {
-            if self.history.len() > b.max_messages || e.at_ms < min_at {
-                self.from = e.offset + 1;
-                freed += e.cost();
-                self.history.pop_front();
-            } else {
-                break;
-            }
-        }
-        freed
     }
 }
 
