@@ -3,16 +3,12 @@
 // only then forwards the request, so every later byte either way is moved by the kernel (the
 // program's redirects run in kworkers) and never reaches this process. Measurement only.
 //   sockmap LISTEN_PORT UPSTREAM_PORT BPF_OBJECT
-#include <arpa/inet.h>
+#include "common.h"
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
-#include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 struct pair_key {
   __u32 remote_ip4, local_ip4, remote_port, local_port;
@@ -32,12 +28,6 @@ static void key_of(int fd, struct pair_key *k) {
   k->local_port = ntohs(l.sin_port);
 }
 
-static struct sockaddr_in loopback(int port) {
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  return a;
-}
-
 int main(int argc, char **argv) {
   if (argc != 4) return 2;
   struct bpf_object *obj = bpf_object__open_file(argv[3], NULL);
@@ -52,15 +42,8 @@ int main(int argc, char **argv) {
   for (;;) {
     int c = accept(ls, NULL, NULL);
     if (c < 0) continue;
-    char req[8193];
-    int n = 0;
-    while (n < 8192) {
-      int r = read(c, req + n, 8192 - n);
-      if (r <= 0) break;
-      n += r;
-      req[n] = 0;
-      if (strstr(req, "\r\n\r\n")) break;
-    }
+    char req[REQUEST_MAX + 1];
+    int n = read_request(c, req);
     int u = socket(AF_INET, SOCK_STREAM, 0);
     if (connect(u, (struct sockaddr *)&up, sizeof up)) {
       close(c);

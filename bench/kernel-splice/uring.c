@@ -3,16 +3,12 @@
 // DEFER_TASKRUN: a message costs one recv and one send submission, completions are reaped in
 // batches, no epoll. Measurement only (no frame boundaries, no timeouts).
 //   uring LISTEN_PORT UPSTREAM_PORT WORKERS
-#include <arpa/inet.h>
+#include "common.h"
 #include <liburing.h>
-#include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 struct pair {
   int fd[2];
@@ -46,12 +42,6 @@ static void post_accept(void) {
   struct io_uring_sqe *s = next_sqe();
   io_uring_prep_accept(s, listener, NULL, NULL, 0);
   io_uring_sqe_set_data64(s, ACCEPT);
-}
-
-static struct sockaddr_in loopback(int port) {
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port)};
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  return a;
 }
 
 static void end(struct pair *p) {
@@ -90,17 +80,9 @@ int main(int argc, char **argv) {
       if (t == ACCEPT) {
         post_accept();
         if (res < 0) continue;
-        // The upgrade request is read and forwarded synchronously (measurement: setup is not
-        // what is measured).
-        char req[8193];
-        int n = 0;
-        while (n < 8192) {
-          int r = read(res, req + n, 8192 - n);
-          if (r <= 0) break;
-          n += r;
-          req[n] = 0;
-          if (strstr(req, "\r\n\r\n")) break;
-        }
+        // The upgrade request is read and forwarded synchronously.
+        char req[REQUEST_MAX + 1];
+        int n = read_request(res, req);
         int u = socket(AF_INET, SOCK_STREAM, 0);
         if (connect(u, (struct sockaddr *)&up, sizeof up) || write(u, req, n) != n) {
           close(res);
