@@ -43,9 +43,8 @@ BIN=target/release
 LOG=$(mktemp -d)
 EXTRA=${EXTRA:-}
 case " $EXTRA " in *" sockmap "*|*" uring "*)
-  for pkg in clang libbpf-dev liburing-dev; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libbpf-dev liburing-dev >/dev/null; break; }
-  done
+  dpkg -s clang libbpf-dev liburing-dev >/dev/null 2>&1 || {
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang libbpf-dev liburing-dev >/dev/null; }
   K=bench/kernel-splice
   clang -O2 -g -target bpf -I"/usr/include/$(gcc -dumpmachine)" -c $K/splice.bpf.c -o "$LOG/splice.bpf.o"
   cc -O2 $K/sockmap.c -o "$LOG/sockmap" -lbpf
