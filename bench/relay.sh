@@ -5,8 +5,10 @@
 # (no gateway on the path) and send direct messages to peers, mostly on other nodes, so every
 # message crosses Kafka from one node to another. Prints one line per figure:
 #   - idle: CPU of each idle node (no clients), in cores;
-#   - per offered rate (RATES, msgs/s): delivered/s, p50/p99, socket-node CPU per delivered
-#     message and delivered messages per second per core of socket-node CPU, and the broker's CPU;
+#   - per offered rate (RATES, msgs/s): delivered/s, p50/p99 (whole run), and over the steady
+#     window (3 s after the ramp-up to 3 s before the end, messages counted by the nodes' own
+#     delivered counters) socket-node CPU per delivered message, delivered messages per second
+#     per core of socket-node CPU, and the broker's CPU;
 #   - half saturation: p99 at half the highest delivered rate.
 # Exits non-zero when a run is invalid: lost messages or connect failures, or (below saturation)
 # less than 90 % of the offered load delivered.
@@ -65,31 +67,56 @@ for i in "${!NODE_PIDS[@]}"; do
 done
 echo "$line cores each; broker $(awk -v d=$(( $(ticks "$KPID") - k0 )) -v hz="$HZ" -v s="$IDLE_SECS" 'BEGIN { printf "%.3f", d / hz / s }') cores"
 
+delivered_sum() { # messages the nodes have delivered so far, from their metrics
+  local t=0 i n
+  for i in "${!NODE_PIDS[@]}"; do
+    n=$(curl -sf "http://127.0.0.1:$(( BASE + 10 + i ))/metrics" | awk '/^rtc_socket_messages_total\{.*kind="delivered"/ { print $2 }')
+    t=$(( t + ${n:-0} ))
+  done
+  echo "$t"
+}
+# The steady window of a run: from 3 s after the ramp-up to 3 s before the end, so connecting
+# and disconnecting the clients do not count against the messages.
+STEADY=$(( SECS > 10 ? SECS - 6 : 4 ))
+steady() { # → "node-ticks broker-ticks delivered" over the window, into $1
+  sleep 8
+  local t0 k0 d0
+  t0=$(ticks "${NODE_PIDS[@]}"); k0=$(ticks "$KPID"); d0=$(delivered_sum)
+  sleep "$STEADY"
+  echo "$(( $(ticks "${NODE_PIDS[@]}") - t0 )) $(( $(ticks "$KPID") - k0 )) $(( $(delivered_sum) - d0 ))" > "$1"
+}
+
 invalid=0
 run() { # rate label → prints one line, appends "delivered/s" to $WORK/rates
   local rate=$1 label=$2 interval t0 t1 k0 k1
   interval=$(( CONNS * 1000 / rate ))
   t0=$(ticks "${NODE_PIDS[@]}"); k0=$(ticks "$KPID")
+  steady "$WORK/$label.steady" &
+  local sampler=$!
   $BIN/rtc-loadtest --target "127.0.0.1:$BASE" --node-routes "127.0.0.1:$(( BASE + 1 ))" --connections "$CONNS" \
     --ramp-up 5 --duration "$SECS" --msg-interval "$interval" --prefix "r$rate-$label" --json \
     > "$WORK/$label.json" 2> "$WORK/$label.err" || true
   t1=$(ticks "${NODE_PIDS[@]}"); k1=$(ticks "$KPID")
-  python3 - "$WORK/$label.json" "$label" "$rate" "$SECS" "$(( t1 - t0 ))" "$(( k1 - k0 ))" "$HZ" "$WORK/rates" <<'PY' || invalid=1
+  wait "$sampler"
+  python3 - "$WORK/$label.json" "$label" "$rate" "$SECS" "$(( t1 - t0 ))" "$(( k1 - k0 ))" "$HZ" "$WORK/rates" "$STEADY" "$(cat "$WORK/$label.steady")" <<'PY' || invalid=1
 import json, sys
-path, label, rate, secs, node_ticks, kafka_ticks, hz, rates = sys.argv[1:9]
+path, label, rate, secs, node_ticks, kafka_ticks, hz, rates, steady_secs, steady = sys.argv[1:11]
 rate, secs, hz = int(rate), float(secs), int(hz)
 try:
     r = json.load(open(path))
 except Exception as e:
     sys.exit(f"{label}: invalid: no report ({e})")
 delivered = r["delivered"]
-node_cpu = int(node_ticks) / hz          # CPU seconds of all socket nodes over the run
-per_msg = node_cpu * 1e6 / max(1, delivered)
-per_core = delivered / max(node_cpu, 1e-9)
+# CPU per message over the steady window (node metrics count the messages delivered in it).
+s_node, s_kafka, s_delivered = (int(x) for x in steady.split())
+s_secs = float(steady_secs)
+node_cpu = s_node / hz
+per_msg = node_cpu * 1e6 / max(1, s_delivered)
+per_core = s_delivered / max(node_cpu, 1e-9)
 lat = r["latency_ms"]
 print(f"{label}: {delivered / secs:7.0f} msgs/s delivered of {rate} offered  p50 {lat['p50']:6.1f} ms  p99 {lat['p99']:7.1f} ms  "
-      f"node CPU {per_msg:6.1f} us/msg = {per_core:7.0f} msgs/s per node core  broker {int(kafka_ticks) / hz / (secs + 5):.2f} cores  "
-      f"lost {r['lost']} dup {r['duplicated']}")
+      f"node CPU {per_msg:6.1f} us/msg = {per_core:7.0f} msgs/s per node core ({s_delivered / s_secs:.0f} msgs/s, {node_cpu / s_secs:.2f} node cores)  "
+      f"broker {s_kafka / hz / s_secs:.2f} cores  lost {r['lost']} dup {r['duplicated']}")
 open(rates, "a").write(f"{delivered / secs:.0f} {per_core:.0f}\n")
 bad = r["lost"] or r["connect_failures"]
 if label.startswith("offered") and delivered < 0.9 * rate * secs:

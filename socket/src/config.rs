@@ -42,6 +42,15 @@ pub struct Config {
     /// Burst allowance on top of the rate.
     #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 200)]
     pub rate_limit_burst: u32,
+    /// How long (ms) the broker may hold a fetch of the owned slots to gather a batch (64 KiB)
+    /// while records are arriving; 0 (the default) has every fetch answered at the first record.
+    /// Batching costs up to this much delivery latency and an empty fetch every this many ms on
+    /// an idle node, and at moderate rates saves consumer CPU and tail latency: librdkafka walks
+    /// every owned partition on each fetch, and without it each fetch carries one or two
+    /// records (docs/benchmarks.md, "Batching the deliver consumer's fetches"). Bounded by
+    /// KAFKA_FETCH_WAIT_MS.
+    #[arg(long, env = "DELIVER_FETCH_BATCH_MS", default_value_t = 0)]
+    pub deliver_fetch_batch_ms: u32,
     /// Messages kept per slot for resume.
     #[arg(long, env = "HISTORY_MAX_MESSAGES", default_value_t = 1000)]
     pub history_max_messages: usize,
@@ -113,6 +122,11 @@ impl Config {
     pub fn validate(&self) -> anyhow::Result<()> {
         self.shared.validate()?;
         anyhow::ensure!(self.max_connections > 0, "MAX_CONNECTIONS must be positive");
+        anyhow::ensure!(
+            self.deliver_fetch_batch_ms <= 1000,
+            "DELIVER_FETCH_BATCH_MS must be 0..=1000, got {}",
+            self.deliver_fetch_batch_ms
+        );
         anyhow::ensure!(
             self.max_message_bytes >= 256,
             "MAX_MESSAGE_BYTES must be at least 256"
@@ -202,5 +216,19 @@ mod tests {
             .expect_err("under 64 KiB is refused")
             .to_string();
         assert!(err.contains("ROOM_HISTORY_MAX_BYTES"), "{err}");
+    }
+
+    #[test]
+    fn the_deliver_fetch_batch_is_bounded() {
+        let mut c = Config::for_tests("127.0.0.1:9092", "redis://127.0.0.1/");
+        assert_eq!(c.deliver_fetch_batch_ms, 0, "off unless asked for");
+        c.deliver_fetch_batch_ms = 1000;
+        c.validate().expect("a second is allowed");
+        c.deliver_fetch_batch_ms = 1001;
+        let err = c
+            .validate()
+            .expect_err("over a second is refused")
+            .to_string();
+        assert!(err.contains("DELIVER_FETCH_BATCH_MS"), "{err}");
     }
 }

@@ -105,21 +105,35 @@ impl rdkafka::consumer::ConsumerContext for LagContext {}
 
 type DeliverConsumer = StreamConsumer<LagContext>;
 
+/// What the deliver consumer asks the broker to gather before it answers a fetch early (see
+/// DELIVER_FETCH_BATCH_MS): about two hundred messages of the size the load test sends.
+const DELIVER_FETCH_MIN_BYTES: u32 = 64 * 1024;
+
 /// Reads the owned slots of `rtc.deliver` until `cancel`.
 pub async fn run_deliver(
     node: Arc<Node>,
     bootstrap: String,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let consumer: Arc<DeliverConsumer> = Arc::new(
-        kafka::assigned_consumer_config(
-            &bootstrap,
-            &format!("rtc-socket-{}", node.id),
-            node.cfg.shared.kafka_fetch_wait_ms,
-        )
-        .set("statistics.interval.ms", "5000")
-        .create_with_context(LagContext(Arc::downgrade(&node)))?,
+    let mut cfg = kafka::assigned_consumer_config(
+        &bootstrap,
+        &format!("rtc-socket-{}", node.id),
+        node.cfg.shared.kafka_fetch_wait_ms,
     );
+    cfg.set("statistics.interval.ms", "5000");
+    if node.cfg.deliver_fetch_batch_ms > 0 {
+        // The broker holds a fetch until DELIVER_FETCH_MIN_BYTES are ready or the batch time is
+        // up: one fetch carries many records instead of one, and librdkafka's fetcher, which
+        // walks every owned partition per fetch, runs a fraction as often (docs/benchmarks.md).
+        let wait = node
+            .cfg
+            .deliver_fetch_batch_ms
+            .min(node.cfg.shared.kafka_fetch_wait_ms);
+        cfg.set("fetch.min.bytes", DELIVER_FETCH_MIN_BYTES.to_string())
+            .set("fetch.wait.max.ms", wait.to_string());
+    }
+    let consumer: Arc<DeliverConsumer> =
+        Arc::new(cfg.create_with_context(LagContext(Arc::downgrade(&node)))?);
     // Loading slots whose start is unknown (Kafka unreachable at takeover) are retried on this tick.
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
