@@ -16,22 +16,8 @@ WINDOW=${WINDOW:-60}
 TOTAL=${TOTAL:-1500000}
 BASE=${BASE_PORT:-25080}
 RATE=$(( CONNS * 1000 / INTERVAL ))
-cargo build --release --bins --quiet
-BIN=target/release
-WORK=$(mktemp -d)
-LOCAL_KAFKA=$MODE $BIN/rtc-local --nodes 3 --gateway-port "$BASE" --admin-port $(( BASE + 1 )) \
-  --balancer-port $(( BASE + 2 )) --socket-base-port $(( BASE + 10 )) > "$WORK/local.log" 2>&1 &
-LOCAL=$!
-trap 'kill -INT $LOCAL 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
-for _ in $(seq 1 240); do grep -q "is up" "$WORK/local.log" && break; sleep 0.5; done
-grep -q "is up" "$WORK/local.log" || { tail -20 "$WORK/local.log"; exit 1; }
-# The process doing Kafka's work: rtc-local itself (the embedded broker and the mock run inside
-# it), or the broker.
-KPID=$LOCAL
-if [ "$MODE" = broker ]; then
-  KPID=$(cat /dev/shm/rtc-kafka-"$LOCAL"-*/kafka.pid 2>/dev/null || cat "${TMPDIR:-/tmp}"/rtc-kafka-"$LOCAL"-*/kafka.pid)
-fi
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+. bench/stack.sh
+start_stack "$MODE" 3 "$BASE"
 echo "date=$(date -u +%FT%TZ) host=$(nproc)cpu kafka=$MODE rate=${RATE}/s window=${WINDOW}s total=$TOTAL"
 invalid=0
 sent_total=0

@@ -16,19 +16,8 @@ KAFKA=${KAFKA:-broker}
 BASE=${BASE_PORT:-27180}
 export KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseSerialGC -XX:-UsePerfData -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true}
 export KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms1g -Xmx1g}
-cargo build --release --bins --quiet
-BIN=target/release
-WORK=$(mktemp -d)
-LOCAL_KAFKA=$KAFKA $BIN/rtc-local --nodes 3 --gateway-port "$BASE" --admin-port $(( BASE + 1 )) \
-  --balancer-port $(( BASE + 2 )) --socket-base-port $(( BASE + 10 )) > "$WORK/local.log" 2>&1 &
-LOCAL=$!
-trap 'kill -INT $LOCAL 2>/dev/null || true; wait $LOCAL 2>/dev/null || true; rm -rf "$WORK"' EXIT
-for _ in $(seq 1 360); do grep -q "is up" "$WORK/local.log" && break; sleep 0.5; done
-grep -q "is up" "$WORK/local.log" || { tail -20 "$WORK/local.log"; exit 1; }
-NODE_PIDS=()
-for pid in $(ps -o pid= --ppid "$LOCAL"); do
-  case "$(tr '\0' ' ' < "/proc/$pid/cmdline")" in *rtc-socket*) NODE_PIDS+=("$pid") ;; esac
-done
+. bench/stack.sh
+start_stack "$KAFKA" 3 "$BASE"
 N=${NODE_PIDS[0]}
 HZ=$(getconf CLK_TCK)
 echo "date=$(date -u +%FT%TZ) host=$(nproc)cpu kafka=$KAFKA conns=$CONNS node0=$N"
@@ -38,7 +27,6 @@ threads() { # tid|comm|voluntary switches|ticks, one line per thread of node 0
     echo "$(basename "$t")|$(cat "$t/comm")|$(awk '/^voluntary_ctxt_switches/ { print $2 }' "$t/status")|$(awk '{ print $14 + $15 }' "$t/stat")"
   done | sort
 }
-all_ticks() { local t=0 p; for p in "${NODE_PIDS[@]}"; do t=$(( t + $(awk '{ print $14 + $15 }' "/proc/$p/stat") )); done; echo "$t"; }
 load() { # rate secs label → the load test's JSON report in $WORK/label.json
   $BIN/rtc-loadtest --target "127.0.0.1:$BASE" --node-routes "127.0.0.1:$(( BASE + 1 ))" --connections "$CONNS" \
     --ramp-up 5 --duration "$2" --msg-interval $(( CONNS * 1000 / $1 )) --prefix "t$1-$3" --json \
@@ -50,9 +38,9 @@ invalid=0
 for rate in $RATES; do
   load "$rate" 25 "r$rate" & lp=$!
   sleep 12
-  threads > "$WORK/t0"; a=$(all_ticks)
+  threads > "$WORK/t0"; a=$(ticks "${NODE_PIDS[@]}")
   sleep 10
-  threads > "$WORK/t1"; b=$(all_ticks)
+  threads > "$WORK/t1"; b=$(ticks "${NODE_PIDS[@]}")
   wait "$lp" || invalid=1
   python3 - "$WORK/r$rate.json" "$rate" "$(( b - a ))" "$HZ" <<'PY' || invalid=1
 import json, sys

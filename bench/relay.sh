@@ -32,25 +32,8 @@ WARMUP_RATE=${WARMUP_RATE:-2000}
 BASE=${BASE_PORT:-27080}
 export KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--XX:+UseSerialGC -XX:-UsePerfData -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true}
 export KAFKA_HEAP_OPTS=${KAFKA_HEAP_OPTS:--Xms1g -Xmx1g}
-cargo build --release --bins --quiet
-BIN=target/release
-WORK=$(mktemp -d)
-LOCAL_KAFKA=$KAFKA $BIN/rtc-local --nodes "$NODES" --gateway-port "$BASE" --admin-port $(( BASE + 1 )) \
-  --balancer-port $(( BASE + 2 )) --socket-base-port $(( BASE + 10 )) > "$WORK/local.log" 2>&1 &
-LOCAL=$!
-trap 'kill -INT $LOCAL 2>/dev/null || true; wait 2>/dev/null || true; [ "${KEEP:-0}" = 1 ] && echo "kept $WORK" || rm -rf "$WORK"' EXIT
-for _ in $(seq 1 360); do grep -q "is up" "$WORK/local.log" && break; sleep 0.5; done
-grep -q "is up" "$WORK/local.log" || { tail -20 "$WORK/local.log"; exit 1; }
-NODE_PIDS=()
-for pid in $(ps -o pid= --ppid "$LOCAL"); do
-  case "$(tr '\0' ' ' < "/proc/$pid/cmdline")" in *rtc-socket*) NODE_PIDS+=("$pid") ;; esac
-done
-if [ "$KAFKA" = broker ]; then
-  KPID=$(cat /dev/shm/rtc-kafka-"$LOCAL"-*/kafka.pid 2>/dev/null || cat "${TMPDIR:-/tmp}"/rtc-kafka-"$LOCAL"-*/kafka.pid)
-else
-  KPID=$LOCAL
-fi
-ticks() { local t=0; for p in "$@"; do t=$(( t + $(awk '{print $14 + $15}' "/proc/$p/stat") )); done; echo "$t"; }
+. bench/stack.sh
+start_stack "$KAFKA" "$NODES" "$BASE"
 HZ=$(getconf CLK_TCK)
 echo "date=$(date -u +%FT%TZ) host=$(nproc)cpu nodes=$NODES conns=$CONNS secs=$SECS kafka=$KAFKA"
 
@@ -88,19 +71,17 @@ steady() { # → "node-ticks broker-ticks delivered" over the window, into $1
 
 invalid=0
 run() { # rate label → prints one line, appends "delivered/s" to $WORK/rates
-  local rate=$1 label=$2 interval t0 t1 k0 k1
+  local rate=$1 label=$2 interval
   interval=$(( CONNS * 1000 / rate ))
-  t0=$(ticks "${NODE_PIDS[@]}"); k0=$(ticks "$KPID")
   steady "$WORK/$label.steady" &
   local sampler=$!
   $BIN/rtc-loadtest --target "127.0.0.1:$BASE" --node-routes "127.0.0.1:$(( BASE + 1 ))" --connections "$CONNS" \
     --ramp-up 5 --duration "$SECS" --msg-interval "$interval" --prefix "r$rate-$label" --json \
     > "$WORK/$label.json" 2> "$WORK/$label.err" || true
-  t1=$(ticks "${NODE_PIDS[@]}"); k1=$(ticks "$KPID")
   wait "$sampler"
-  python3 - "$WORK/$label.json" "$label" "$rate" "$SECS" "$(( t1 - t0 ))" "$(( k1 - k0 ))" "$HZ" "$WORK/rates" "$STEADY" "$(cat "$WORK/$label.steady")" <<'PY' || invalid=1
+  python3 - "$WORK/$label.json" "$label" "$rate" "$SECS" "$HZ" "$WORK/rates" "$STEADY" "$(cat "$WORK/$label.steady")" <<'PY' || invalid=1
 import json, sys
-path, label, rate, secs, node_ticks, kafka_ticks, hz, rates, steady_secs, steady = sys.argv[1:11]
+path, label, rate, secs, hz, rates, steady_secs, steady = sys.argv[1:9]
 rate, secs, hz = int(rate), float(secs), int(hz)
 try:
     r = json.load(open(path))
