@@ -109,31 +109,40 @@ type DeliverConsumer = StreamConsumer<LagContext>;
 /// DELIVER_FETCH_BATCH_MS): about two hundred messages of the size the load test sends.
 const DELIVER_FETCH_MIN_BYTES: u32 = 64 * 1024;
 
+/// The deliver consumer's settings: statistics for the lag metric, and fetch batching when
+/// DELIVER_FETCH_BATCH_MS asks for it.
+fn deliver_consumer_config(
+    cfg: &crate::config::Config,
+    bootstrap: &str,
+    node_id: &str,
+) -> rdkafka::ClientConfig {
+    let wait_ms = cfg.shared.kafka_fetch_wait_ms;
+    let mut c =
+        kafka::assigned_consumer_config(bootstrap, &format!("rtc-socket-{node_id}"), wait_ms);
+    c.set("statistics.interval.ms", "5000");
+    if cfg.deliver_fetch_batch_ms > 0 {
+        // The broker holds a fetch until DELIVER_FETCH_MIN_BYTES are ready or the batch time is
+        // up: one fetch carries many records instead of one, and librdkafka's fetcher, which
+        // walks every owned partition per fetch, runs a fraction as often (docs/benchmarks.md).
+        c.set("fetch.min.bytes", DELIVER_FETCH_MIN_BYTES.to_string())
+            .set(
+                "fetch.wait.max.ms",
+                cfg.deliver_fetch_batch_ms.min(wait_ms).to_string(),
+            );
+    }
+    c
+}
+
 /// Reads the owned slots of `rtc.deliver` until `cancel`.
 pub async fn run_deliver(
     node: Arc<Node>,
     bootstrap: String,
     cancel: CancellationToken,
 ) -> anyhow::Result<()> {
-    let mut cfg = kafka::assigned_consumer_config(
-        &bootstrap,
-        &format!("rtc-socket-{}", node.id),
-        node.cfg.shared.kafka_fetch_wait_ms,
+    let consumer: Arc<DeliverConsumer> = Arc::new(
+        deliver_consumer_config(&node.cfg, &bootstrap, &node.id)
+            .create_with_context(LagContext(Arc::downgrade(&node)))?,
     );
-    cfg.set("statistics.interval.ms", "5000");
-    if node.cfg.deliver_fetch_batch_ms > 0 {
-        // The broker holds a fetch until DELIVER_FETCH_MIN_BYTES are ready or the batch time is
-        // up: one fetch carries many records instead of one, and librdkafka's fetcher, which
-        // walks every owned partition per fetch, runs a fraction as often (docs/benchmarks.md).
-        let wait = node
-            .cfg
-            .deliver_fetch_batch_ms
-            .min(node.cfg.shared.kafka_fetch_wait_ms);
-        cfg.set("fetch.min.bytes", DELIVER_FETCH_MIN_BYTES.to_string())
-            .set("fetch.wait.max.ms", wait.to_string());
-    }
-    let consumer: Arc<DeliverConsumer> =
-        Arc::new(cfg.create_with_context(LagContext(Arc::downgrade(&node)))?);
     // Loading slots whose start is unknown (Kafka unreachable at takeover) are retried on this tick.
     let mut retry = tokio::time::interval(Duration::from_secs(1));
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -431,4 +440,35 @@ pub async fn run_control(
         },
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fetch_batching_is_asked_of_the_broker_only_when_set() {
+        let mut cfg = crate::config::Config::for_tests("127.0.0.1:9092", "redis://127.0.0.1/");
+        cfg.shared.kafka_fetch_wait_ms = 500;
+        let off = deliver_consumer_config(&cfg, "127.0.0.1:9092", "n");
+        assert_eq!(
+            off.get("fetch.min.bytes"),
+            None,
+            "answered at the first record"
+        );
+        assert_eq!(off.get("fetch.wait.max.ms"), Some("500"));
+
+        cfg.deliver_fetch_batch_ms = 10;
+        let on = deliver_consumer_config(&cfg, "127.0.0.1:9092", "n");
+        assert_eq!(on.get("fetch.min.bytes"), Some("65536"));
+        assert_eq!(on.get("fetch.wait.max.ms"), Some("10"));
+
+        cfg.shared.kafka_fetch_wait_ms = 4;
+        let bounded = deliver_consumer_config(&cfg, "127.0.0.1:9092", "n");
+        assert_eq!(
+            bounded.get("fetch.wait.max.ms"),
+            Some("4"),
+            "never longer than KAFKA_FETCH_WAIT_MS"
+        );
+    }
 }
